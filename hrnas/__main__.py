@@ -1,0 +1,3 @@
+from hrnas.cli import main
+
+raise SystemExit(main())

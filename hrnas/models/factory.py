@@ -1,0 +1,256 @@
+"""Build the super network (or a searched network) for a task, and its architecture spec (JSON).
+
+The architecture spec is what the search exports and ``hrnas train --arch`` retrains::
+
+    {"format": "hrnas-arch", "version": 1, "task": "cityscapes",
+     "model": {...build options...},
+     "blocks": [{"name": "fuse0.0_0", "inp": 24, "oup": 24, "stride": 1,
+                 "kernels": [3, 5, 7], "hidden": [96, 96, 96], "tokens": 64}, ...]}
+
+``build_model(task, arch=spec)`` and ``spec_of(model)`` round-trip exactly. A spec is validated against
+the task's super network: same block names, widths and strides; kernels from {3, 5, 7}; non-negative widths.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch.nn as nn
+
+from hrnas import TASKS
+from hrnas.errors import UserError
+from hrnas.models.heads import ClassificationHead, DenseHead
+from hrnas.models.hrnet import BlockFactory, HRNet
+from hrnas.models.layers import ACTIVATIONS, NormConfig
+from hrnas.models.searching_block import ATTENTION_TYPES, KERNEL_SIZES, PLACEMENTS, AttentionConfig, SearchingBlock
+from hrnas.models.transformer import Attention, TOKEN_MODES
+
+ARCH_FORMAT, ARCH_VERSION = "hrnas-arch", 1
+
+# Per-task model options as in the authors' configs (official-code.md §1.8).
+TASK_DEFAULTS: dict[str, dict] = {
+    "imagenet": dict(head="classification", num_classes=1000, dropout=0.2, in_channels=3,
+                     bn_momentum=0.01, bn_eps=1e-3, init="mnas"),
+    "cityscapes": dict(head="dense", num_classes=19, head_channels=90, in_channels=3,
+                       bn_momentum=0.01, bn_eps=1e-3, init="mnas"),
+    "ade20k": dict(head="dense", num_classes=150, head_channels=180, in_channels=3,
+                   bn_momentum=0.01, bn_eps=1e-3, init="mnas"),
+    "coco": dict(head="dense", num_classes=17, head_channels=90, in_channels=3,
+                 bn_momentum=0.1, bn_eps=1e-5, init="heatmap"),
+    "kitti": dict(head="dense", num_classes=None, head_channels=90, in_channels=64,
+                  bn_momentum=0.01, bn_eps=1e-3, init="mnas"),
+}
+# Input size (H, W) at which the paper reports params/MACs for each task.
+PAPER_SIZES = {"imagenet": (224, 224), "cityscapes": (512, 1024), "ade20k": (512, 512), "coco": (256, 192),
+               "kitti": (496, 432)}
+COMMON_DEFAULTS = dict(act="relu", attention="none", placement="res", tokens=64, proj=8, decoder=True,
+                       token_mode="channel")
+
+
+def model_options(task: str, **overrides) -> dict:
+    """The full option dict of a task's network, with user overrides validated."""
+    if task not in TASKS:
+        raise UserError(f"task: unknown task '{task}'; accepted: {', '.join(TASKS)}")
+    opts = {**COMMON_DEFAULTS, **TASK_DEFAULTS[task]}
+    for key, value in overrides.items():
+        if key not in opts:
+            raise UserError(f"model option '{key}' is unknown; accepted: {', '.join(sorted(opts))}")
+        if value is not None:
+            opts[key] = value
+    _check_options(opts)
+    return opts
+
+
+def _check_options(opts: dict) -> None:
+    checks = [
+        ("act", opts["act"] in ACTIVATIONS, ", ".join(ACTIVATIONS)),
+        ("attention", opts["attention"] in ATTENTION_TYPES, ", ".join(ATTENTION_TYPES)),
+        ("placement", opts["placement"] in PLACEMENTS, ", ".join(PLACEMENTS)),
+        ("token_mode", opts["token_mode"] in TOKEN_MODES, ", ".join(TOKEN_MODES)),
+        ("tokens", isinstance(opts["tokens"], int) and opts["tokens"] >= 1, "an integer >= 1"),
+        ("proj", isinstance(opts["proj"], int) and opts["proj"] >= 1, "an integer >= 1"),
+    ]
+    for name, ok, accepted in checks:
+        if not ok:
+            raise UserError(f"model option {name}={opts[name]!r} is invalid; expected {accepted}")
+
+
+def _attention(opts: dict) -> AttentionConfig:
+    return AttentionConfig(type=opts["attention"], placement=opts["placement"], tokens=opts["tokens"],
+                           proj=opts["proj"], decoder=bool(opts["decoder"]), token_mode=opts["token_mode"])
+
+
+def build_model(task: str | None = None, arch: dict | str | Path | None = None, **overrides) -> HRNet:
+    """The super network of ``task`` (or the searched network described by ``arch``).
+
+    ``overrides`` are model options (see ``TASK_DEFAULTS``/``COMMON_DEFAULTS``), e.g.
+    ``attention="transformer", placement="res", tokens=8, proj=4``.
+    """
+    blocks = None
+    if arch is not None:
+        spec = load_arch(arch) if isinstance(arch, (str, Path)) else arch
+        validate_arch(spec, task, str(arch) if isinstance(arch, (str, Path)) else "arch")
+        task = spec["task"]
+        overrides = {**spec["model"], **overrides}
+        blocks = {b["name"]: b for b in spec["blocks"]}
+    if task is None:
+        raise UserError("build_model: give a task or an arch spec")
+    opts = model_options(task, **overrides)
+    model = _build(opts, blocks)
+    model.task, model.options = task, opts
+    init_weights(model, opts["init"])
+    return model
+
+
+def _build(opts: dict, blocks: dict | None) -> HRNet:
+    make = BlockFactory(act=opts["act"], norm=NormConfig(opts["bn_momentum"], opts["bn_eps"]),
+                        attention=_attention(opts), arch=blocks)
+    if opts["head"] == "classification":
+        def head(mk, channels):
+            return ClassificationHead(mk, channels, opts["num_classes"], opts["dropout"])
+    else:
+        def head(mk, channels):
+            return DenseHead(mk, channels, opts["num_classes"], opts["head_channels"])
+    return HRNet(head, make, opts["in_channels"])
+
+
+def init_weights(model: nn.Module, method: str) -> None:
+    """The authors' initialisation (official-code.md §1.7).
+
+    ``mnas``: conv weights N(0, √(2 / fan_out)) with fan_out = k²·C_out/groups, linear weights
+    U(±1/√out_features), biases 0. ``heatmap`` (COCO keypoints): every conv N(0, 0.001), biases 0.
+    BatchNorm γ = 1, β = 0 everywhere. Attention in-projections keep Xavier-uniform (as MHA does).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            if method == "heatmap":
+                nn.init.normal_(m.weight, 0.0, 0.001)
+            else:
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.out_features)
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            if m.weight is not None and not getattr(m, "_zero_init", False):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, Attention):
+            nn.init.xavier_uniform_(m.q.weight)
+            nn.init.xavier_uniform_(m.kv.weight)
+
+
+def block_entry(name: str, block: SearchingBlock) -> dict:
+    return {"name": name, "inp": block.inp, "oup": block.oup, "stride": block.stride,
+            "kernels": list(block.kernels), "hidden": list(block.hidden), "tokens": block.tokens}
+
+
+def spec_of(model: HRNet) -> dict:
+    """The architecture spec of a (possibly shrunk) network."""
+    net = getattr(model, "module", model)
+    return {"format": ARCH_FORMAT, "version": ARCH_VERSION, "task": net.task,
+            "model": copy.deepcopy(net.options),
+            "blocks": [block_entry(name, block) for name, block in net.searching_blocks()]}
+
+
+def validate_arch(spec, task: str | None, source: str = "arch") -> None:
+    """Raise ``UserError`` naming ``source`` and the first problem found in an architecture spec."""
+    def bad(msg):
+        raise UserError(f"{source}: {msg}")
+
+    if not isinstance(spec, dict) or spec.get("format") != ARCH_FORMAT:
+        bad(f"not an HR-NAS architecture file (expected \"format\": \"{ARCH_FORMAT}\")")
+    if spec.get("version") != ARCH_VERSION:
+        bad(f"unsupported version {spec.get('version')!r} (this hrnas reads version {ARCH_VERSION})")
+    if spec.get("task") not in TASKS:
+        bad(f"unknown task {spec.get('task')!r}; accepted: {', '.join(TASKS)}")
+    if task is not None and spec["task"] != task:
+        bad(f"architecture is for task '{spec['task']}', not '{task}'")
+    if not isinstance(spec.get("model"), dict) or not isinstance(spec.get("blocks"), list) or not spec["blocks"]:
+        bad("needs a \"model\" object and a non-empty \"blocks\" list")
+    reference = _supernet_blocks(spec["task"], spec["model"])
+    names = [b.get("name") if isinstance(b, dict) else None for b in spec["blocks"]]
+    if len(set(names)) != len(names):
+        bad("duplicate block names")
+    for entry in spec["blocks"]:
+        if not isinstance(entry, dict) or entry.get("name") not in reference:
+            bad(f"block {entry.get('name') if isinstance(entry, dict) else entry!r} is not in the "
+                f"{spec['task']} super network")
+        name, ref = entry["name"], reference[entry["name"]]
+        for key in ("inp", "oup", "stride"):
+            if entry.get(key) != ref[key]:
+                bad(f"block '{name}': {key}={entry.get(key)!r} but the {spec['task']} super network has {ref[key]}")
+        kernels, hidden = entry.get("kernels"), entry.get("hidden")
+        if (not isinstance(kernels, list) or not isinstance(hidden, list) or len(kernels) != len(hidden)
+                or len(set(kernels)) != len(kernels) or any(k not in KERNEL_SIZES for k in kernels)):
+            bad(f"block '{name}': kernels must be distinct values from {list(KERNEL_SIZES)} with one hidden "
+                f"width each (got kernels={kernels!r}, hidden={hidden!r})")
+        if any(not isinstance(h, int) or h < 0 for h in hidden):
+            bad(f"block '{name}': hidden widths must be integers >= 0 (got {hidden!r})")
+        tokens = entry.get("tokens", 0)
+        if not isinstance(tokens, int) or tokens < 0:
+            bad(f"block '{name}': tokens must be an integer >= 0 (got {tokens!r})")
+    missing = sorted(set(reference) - set(names))
+    if missing:
+        bad(f"{len(missing)} blocks of the {spec['task']} super network are missing, e.g. '{missing[0]}'")
+
+
+_SUPERNET_CACHE: dict[tuple, dict] = {}
+
+
+class _SingleChannelPaths(dict):
+    """An arch lookup answering every block with one 3×3 path of width 1 (structure only, cheap)."""
+
+    def __getitem__(self, name):
+        return {"kernels": [3], "hidden": [1], "tokens": 0}
+
+
+def _supernet_blocks(task: str, model: dict) -> dict:
+    """name → {inp, oup, stride} of the super network of ``task`` with the spec's head options."""
+    key = (task, model.get("head_channels"), model.get("num_classes"))
+    if key not in _SUPERNET_CACHE:
+        try:
+            opts = model_options(task, **{k: model[k] for k in ("head_channels", "num_classes") if k in model})
+        except UserError as err:
+            raise UserError(f"arch model options: {err}") from None
+        net = _build(opts, _SingleChannelPaths())
+        _SUPERNET_CACHE[key] = {name: {"inp": b.inp, "oup": b.oup, "stride": b.stride}
+                                for name, b in net.searching_blocks()}
+    return _SUPERNET_CACHE[key]
+
+
+def load_arch(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: architecture file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
+def save_arch(spec: dict, path: str | Path) -> Path:
+    """Write an architecture spec atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+

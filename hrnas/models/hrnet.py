@@ -1,0 +1,152 @@
+"""The HR-NAS super network: a multi-branch high-resolution network of searching blocks
+(paper §3.1, Fig. 1; reference official-code.md §1).
+
+Stem (two 3×3 stride-2 conv-BN-ReLU, 3→24→24, output at 1/4), then five pairs of a *fusion module*
+and a *parallel module*. Branch i runs at 1/2^(i+2) resolution; the parallel modules have 1/2/3/4/4
+branches with [1], [2,2], [2,2,3], [2,2,3,4], [2,2,3,4] searching blocks and widths 24 | 18/36 |
+18/36/72 | 18/36/72/144 | 18/36/72/144. Fusion modules fuse neighbouring branches only: a same-branch
+block, a stride-2 block from the higher-resolution neighbour and a block + nearest ×2 upsampling from the
+lower-resolution neighbour, summed and passed through ReLU; a new branch comes from a stride-2 block on
+the fused output of the branch above it. Then a task head (``hrnas.models.heads``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hrnas.models.layers import ConvBNAct, NormConfig
+from hrnas.models.searching_block import KERNEL_SIZES, AttentionConfig, SearchingBlock
+
+# (number of branches, blocks per branch, channels per branch) of the five parallel modules.
+STAGES: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = (
+    (1, (1,), (24,)),
+    (2, (2, 2), (18, 36)),
+    (3, (2, 2, 3), (18, 36, 72)),
+    (4, (2, 2, 3, 4), (18, 36, 72, 144)),
+    (4, (2, 2, 3, 4), (18, 36, 72, 144)),
+)
+STEM_CHANNELS = 24
+EXPAND_RATIO = 4
+
+
+@dataclass
+class BlockFactory:
+    """Builds every searching block of a network, by name.
+
+    In the supernet each kernel path has ``EXPAND_RATIO · inp`` hidden channels and each transformer
+    ``attention.tokens`` tokens; ``arch`` (block name → {"kernels", "hidden", "tokens"}) overrides
+    both for a searched network. ``built`` records the construction order (the block order of the
+    architecture spec).
+    """
+
+    act: str = "relu"
+    norm: NormConfig = field(default_factory=NormConfig)
+    attention: AttentionConfig = field(default_factory=lambda: AttentionConfig(type="none"))
+    arch: dict | None = None
+    built: list[str] = field(default_factory=list)
+
+    def __call__(self, name: str, inp: int, oup: int, stride: int) -> SearchingBlock:
+        if self.arch is not None:
+            entry = self.arch[name]
+            kernels, hidden, tokens = entry["kernels"], entry["hidden"], entry.get("tokens", 0)
+        else:
+            kernels, hidden = KERNEL_SIZES, [EXPAND_RATIO * inp] * len(KERNEL_SIZES)
+            tokens = self.attention.tokens
+        block = SearchingBlock(inp, oup, stride, hidden, kernels, self.act, self.norm, self.attention, tokens)
+        block.block_name = name
+        self.built.append(name)
+        return block
+
+
+class FuseModule(nn.Module):
+    """Exchanges information between neighbouring branches and adds new lower-resolution branches."""
+
+    def __init__(self, index: int, in_channels: Sequence[int], out_channels: Sequence[int], make: BlockFactory):
+        super().__init__()
+        self.num_in, self.num_out = len(in_channels), len(out_channels)
+        self.paths = nn.ModuleDict()
+        for i in range(min(self.num_in, self.num_out)):
+            for j in (i - 1, i, i + 1):
+                if 0 <= j < self.num_in:
+                    stride = 2 if j == i - 1 else 1
+                    self.paths[f"{i}_{j}"] = make(f"fuse{index}.{i}_{j}", in_channels[j], out_channels[i], stride)
+        self.new_branches = nn.ModuleList(
+            make(f"fuse{index}.new{b}", out_channels[b - 1], out_channels[b], 2)
+            for b in range(self.num_in, self.num_out))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs = []
+        for i in range(min(self.num_in, self.num_out)):
+            size = xs[i].shape[-2:]
+            y = None
+            for j in (i, i - 1, i + 1):
+                key = f"{i}_{j}"
+                if key not in self.paths:
+                    continue
+                t = self.paths[key](xs[j])
+                if j == i + 1:
+                    t = F.interpolate(t, scale_factor=2.0, mode="nearest")
+                if t.shape[-2:] != size:  # odd input sizes
+                    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+                y = t if y is None else y + t
+            outs.append(self.relu(y))
+        for block in self.new_branches:
+            outs.append(block(outs[-1]))
+        return outs
+
+
+class ParallelModule(nn.Module):
+    """Independent chains of searching blocks, one per branch (no cross-branch exchange)."""
+
+    def __init__(self, index: int, blocks: Sequence[int], channels: Sequence[int], make: BlockFactory):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Sequential(*(make(f"parallel{index}.{b}_{m}", c, c, 1) for m in range(n)))
+            for b, (n, c) in enumerate(zip(blocks, channels)))
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [branch(x) for branch, x in zip(self.branches, xs)]
+
+
+class HRNet(nn.Module):
+    """Stem + five fusion/parallel module pairs + a task head.
+
+    ``head_factory(make, branch_channels)`` builds the head with the same block factory so that head
+    blocks are searched too (reference §3.1).
+    """
+
+    def __init__(self, head_factory: Callable[[BlockFactory, Sequence[int]], nn.Module], make: BlockFactory,
+                 in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(ConvBNAct(in_channels, STEM_CHANNELS, 3, 2, make.norm, make.act),
+                                  ConvBNAct(STEM_CHANNELS, STEM_CHANNELS, 3, 2, make.norm, make.act))
+        self.fuse = nn.ModuleList()
+        self.parallel = nn.ModuleList()
+        channels: Sequence[int] = (STEM_CHANNELS,)
+        for index, (_, blocks, widths) in enumerate(STAGES):
+            self.fuse.append(FuseModule(index, channels, widths, make))
+            self.parallel.append(ParallelModule(index, blocks, widths, make))
+            channels = widths
+        self.branch_channels = tuple(channels)
+        self.head = head_factory(make, self.branch_channels)
+        self.block_order = tuple(make.built)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        xs = [self.stem(x)]
+        for fuse, parallel in zip(self.fuse, self.parallel):
+            xs = parallel(fuse(xs))
+        return xs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def searching_blocks(self) -> Iterator[tuple[str, SearchingBlock]]:
+        """(name, block) in the architecture spec's order (construction order)."""
+        by_name = {m.block_name: m for m in self.modules() if isinstance(m, SearchingBlock)}
+        for name in self.block_order:
+            yield name, by_name[name]

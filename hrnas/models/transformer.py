@@ -1,0 +1,177 @@
+"""The lightweight transformer of HR-NAS (paper §3.2; reference official-code.md §2).
+
+A feature map B×C×H×W is projected to a tiny s×s map (bilinear sampling, the *projection size*), two
+standardised coordinate channels are appended (the ``points`` position encoding), and a 1×1 convolution
+makes ``n`` token maps followed by BatchNorm, whose scales γ measure each token's importance for the
+search. With *channel tokens* (the paper's choice) each of the n maps is one token of dimension d = s²;
+with *spatial tokens* (supplement Table 2) each of the s² positions is a token of dimension n. One
+encoder layer (self-attention + FFN, post-norm) and, optionally, one decoder layer with learned
+queries (cross-attention + FFN) process the tokens; a reverse 1×1 projection + BN maps them back to
+the output channels and a bilinear resize restores the block's output resolution.
+
+Faithful to the authors' code: one head, attention dropout 0.1, FFN width = d without biases, and the
+decoder adds its cross-attention output to the *memory* (not the queries), which their code does and
+which only works because there are as many queries as tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TOKEN_MODES = ("channel", "spatial")
+
+
+def coordinate_channels(size: int, like: torch.Tensor) -> torch.Tensor:
+    """The ``points`` position encoding: x and y grid coordinates, each standardised (1×2×s×s)."""
+    coords = torch.arange(size, dtype=like.dtype, device=like.device)
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    grid = torch.stack([xs, ys])
+    if size > 1:
+        grid = (grid - grid.mean(dim=(1, 2), keepdim=True)) / grid.std(dim=(1, 2), keepdim=True)
+    else:
+        grid = torch.zeros_like(grid)
+    return grid.unsqueeze(0)
+
+
+class Attention(nn.Module):
+    """Single-head attention with bias-free projections, computed by ``scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.dropout = dropout
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor, key_mask: torch.Tensor | None = None):
+        q = self.q(query)
+        if q.dim() == 2:  # learned queries shared by the batch
+            q = q.expand(memory.shape[0], -1, -1)
+        q = q.unsqueeze(1)
+        k, v = self.kv(memory).unsqueeze(1).chunk(2, dim=-1)
+        mask = None if key_mask is None else key_mask.view(1, 1, 1, -1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.squeeze(1))
+
+
+class FeedForward(nn.Sequential):
+    """Linear d→d, ReLU, dropout, Linear d→d (no biases; the authors' dim_feedforward = d)."""
+
+    def __init__(self, dim: int, dropout: float = 0.1):
+        super().__init__(nn.Linear(dim, dim, bias=False), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(dim, dim, bias=False))
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm encoder layer: x = LN(x + SA(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.attn = Attention(dim, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.drop1(self.attn(x, x, key_mask)))
+        return self.norm2(x + self.drop2(self.ffn(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Cross-attention from learned queries to the encoder memory, residual on the memory, then FFN."""
+
+    def __init__(self, dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.attn = Attention(dim, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, key_mask: torch.Tensor | None = None):
+        x = self.norm1(memory + self.drop1(self.attn(queries, memory, key_mask)))
+        return self.norm2(x + self.drop2(self.ffn(x)))
+
+
+class LightweightTransformer(nn.Module):
+    """HR-NAS lightweight transformer, used as an extra parallel path of a searching block.
+
+    Args:
+        in_channels / out_channels: the block's input and output widths.
+        num_tokens: n, the number of tokens (= decoder queries); searched and shrunk via ``input_norm``.
+        proj_size: s, the projection size; tokens have dimension s² (channel tokens).
+        decoder: False gives the "encoder only" ablation.
+        token_mode: ``channel`` (paper) or ``spatial`` (supplement Table 2 ablation).
+        downsample: output at half the input resolution (transformers in stride-2 blocks).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_tokens: int = 64, proj_size: int = 8,
+                 decoder: bool = True, token_mode: str = "channel", downsample: bool = False):
+        super().__init__()
+        if token_mode not in TOKEN_MODES:
+            raise ValueError(f"token_mode must be one of {TOKEN_MODES}, got {token_mode!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.proj_size, self.token_mode, self.downsample = proj_size, token_mode, downsample
+        self.input_proj = nn.Conv2d(in_channels + 2, num_tokens, 1, bias=False)
+        self.input_norm = nn.BatchNorm2d(num_tokens)
+        dim, length = self.token_shape(num_tokens)
+        self.encoder = EncoderLayer(dim)
+        self.query_embed = nn.Parameter(torch.randn(length, dim)) if decoder else None
+        self.decoder = DecoderLayer(dim) if decoder else None
+        self.reverse_proj = nn.Conv2d(num_tokens, out_channels, 1, bias=False)
+        self.reverse_norm = nn.BatchNorm2d(out_channels)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_proj.out_channels
+
+    def token_shape(self, num_tokens: int) -> tuple[int, int]:
+        """(token dimension, sequence length) for the token mode."""
+        area = self.proj_size ** 2
+        return (area, num_tokens) if self.token_mode == "channel" else (num_tokens, area)
+
+    def _dead_tokens(self) -> torch.Tensor | None:
+        """Channel tokens whose importance γ is exactly 0 carry no information: in eval mode they are
+        masked out of the attention so that removing them (progressive shrinking) is exact."""
+        if self.training or self.token_mode != "channel":
+            return None
+        dead = self.input_norm.weight == 0
+        return dead if bool(dead.any()) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        s = self.proj_size
+        small = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        small = torch.cat([small, coordinate_channels(s, small).expand(b, -1, -1, -1)], dim=1)
+        maps = self.input_norm(self.input_proj(small))  # B×n×s×s
+        tokens = maps.flatten(2)
+        if self.token_mode == "spatial":
+            tokens = tokens.transpose(1, 2)
+        dead = self._dead_tokens()
+        key_mask = None if dead is None else ~dead
+        memory = self.encoder(tokens, key_mask)
+        if self.decoder is not None:
+            memory = self.decoder(self.query_embed, memory, key_mask)
+        if dead is not None:
+            memory = memory.masked_fill(dead.view(1, -1, 1), 0.0)
+        if self.token_mode == "spatial":
+            memory = memory.transpose(1, 2)
+        out = self.reverse_norm(self.reverse_proj(memory.reshape(b, -1, s, s)))
+        size = ((h + 1) // 2, (w + 1) // 2) if self.downsample else (h, w)  # = a stride-2 conv's output
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+    def hrnas_attention_macs(self) -> int:
+        """MACs the authors' profiler adds for the attention layers (official-code.md §2.3).
+
+        Their hooks see the encoder attention as 2·L·S·E + 4·L·E², miss the decoder attention
+        (called with keyword arguments) and count each FFN linear as n MACs; convolutions are counted
+        by the ordinary conv rule elsewhere.
+        """
+        dim, length = self.token_shape(self.num_tokens)
+        ffn_linears = 4 if self.decoder is not None else 2
+        return 2 * length * length * dim + 4 * length * dim * dim + ffn_linears * length

@@ -1,0 +1,182 @@
+"""Parameters and multiply-adds (MACs) of HR-NAS networks, per part, in two conventions.
+
+* ``true``: every convolution, linear layer and attention matmul, counted by PyTorch's own
+  ``torch.utils.flop_counter.FlopCounterMode`` (MACs = FLOPs / 2). On the CPU, PyTorch's flop counter
+  has no rule for the fused attention kernel ``_scaled_dot_product_flash_attention_for_cpu``; we
+  register the standard one (QKᵀ and AV), so attention is counted on every device.
+* ``hrnas``: the authors' profiler (``utils/model_profiling.py``; reference official-code.md §2.3, §5),
+  which the paper's tables used: convolutions and linear layers exactly, the encoder attention as
+  2·L·S·E + 4·L·E², the decoder attention not at all, each transformer FFN linear as L MACs; parameters
+  of convolutions and linear layers only (no BN, LayerNorm, attention projections or queries).
+
+The paper's "FLOPs" are these MACs. Parts: stem, fuse0…fuse4, parallel0…parallel4, head, classifier.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.utils import flop_counter
+
+from hrnas.errors import UserError
+from hrnas.models.transformer import Attention, LightweightTransformer
+
+CONVENTIONS = ("true", "hrnas")
+
+
+def _register_cpu_attention_flops() -> None:
+    aten = torch.ops.aten
+    op = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op, get_raw=True)
+    def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_register_cpu_attention_flops()
+
+
+@dataclass
+class Profile:
+    size: tuple[int, int]
+    convention: str
+    params: int
+    macs: int
+    params_all: int
+    parts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = f"{self.size[0]}x{self.size[1]}"
+        return d
+
+
+def part_of(name: str) -> str:
+    """Map a module's qualified name to its part of the network."""
+    bits = name.split(".")
+    if bits[0] in ("fuse", "parallel") and len(bits) > 1:
+        return f"{bits[0]}{bits[1]}"
+    if bits[0] == "head":
+        return "classifier" if len(bits) > 1 and bits[1] == "classifier" else "head"
+    return bits[0]
+
+
+def _parts_template(model: nn.Module) -> dict[str, dict[str, int]]:
+    parts: dict[str, dict[str, int]] = {}
+    for name, _ in model.named_children():
+        if name in ("fuse", "parallel"):
+            for i, _ in enumerate(getattr(model, name)):
+                parts[f"{name}{i}"] = {"params": 0, "macs": 0}
+        elif name == "head":
+            parts["head"] = {"params": 0, "macs": 0}
+            if getattr(model.head, "classifier", None) is not None:
+                parts["classifier"] = {"params": 0, "macs": 0}
+        else:
+            parts[name] = {"params": 0, "macs": 0}
+    order = ["stem"] + [f"{k}{i}" for i in range(5) for k in ("fuse", "parallel")] + ["head", "classifier"]
+    return {k: parts[k] for k in order if k in parts} | {k: v for k, v in parts.items() if k not in order}
+
+
+def _inside_transformer(model: nn.Module) -> set[str]:
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, LightweightTransformer):
+            names.update(f"{name}.{sub}" for sub, _ in module.named_modules() if sub)
+    return names
+
+
+def _hrnas_param_modules(model: nn.Module):
+    """Modules whose parameters the authors' profiler sees: convs and linears outside attention."""
+    attention = {f"{n}.{s}" for n, m in model.named_modules() if isinstance(m, Attention)
+                 for s, _ in m.named_modules() if s}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in attention:
+            yield name, module
+
+
+def profile(model: nn.Module, size: tuple[int, int], convention: str = "true") -> Profile:
+    """Params and MACs of ``model`` for one input of ``size`` = (H, W) (batch 1, eval mode)."""
+    if convention not in CONVENTIONS:
+        raise UserError(f"convention: unknown value '{convention}'; accepted: {', '.join(CONVENTIONS)}")
+    net = getattr(model, "module", model)
+    parts = _parts_template(net)
+    for name, p in net.named_parameters():
+        parts[part_of(name)]["params"] += p.numel()
+    params_all = sum(v["params"] for v in parts.values())
+    in_channels = net.stem[0][0].in_channels
+    x = torch.zeros(1, in_channels, *size, device=next(net.parameters()).device)
+    was_training = net.training
+    net.eval()
+    try:
+        if convention == "true":
+            params = params_all
+            with torch.no_grad(), flop_counter.FlopCounterMode(display=False, depth=None) as counter:
+                net(x)
+            _true_parts(counter, net, parts, type(net).__name__ + ".")
+            macs = counter.get_total_flops() // 2
+        else:
+            for part in parts.values():
+                part["params"] = 0
+            for name, module in _hrnas_param_modules(net):
+                parts[part_of(name)]["params"] += sum(p.numel() for p in module.parameters(recurse=False))
+            params = sum(v["params"] for v in parts.values())
+            macs = _hrnas_macs(net, x, parts)
+    finally:
+        net.train(was_training)
+    return Profile(size=tuple(size), convention=convention, params=params, macs=macs, params_all=params_all,
+                   parts=parts)
+
+
+def _true_parts(counter, net: nn.Module, parts: dict, prefix: str) -> None:
+    counts = counter.get_flop_counts()
+    for name, _ in net.named_children():
+        children = [f"{name}.{i}" for i, _ in enumerate(getattr(net, name))] if name in ("fuse", "parallel") \
+            else [name]
+        for child in children:
+            total = sum(counts.get(prefix + child, {}).values())
+            parts[part_of(child)]["macs"] += total // 2
+    classifier = getattr(getattr(net, "head", None), "classifier", None)
+    if classifier is not None:
+        cls_macs = sum(counts.get(prefix + "head.classifier", {}).values()) // 2
+        parts["classifier"]["macs"] = cls_macs
+        parts["head"]["macs"] -= cls_macs
+
+
+def _hrnas_macs(net: nn.Module, x: torch.Tensor, parts: dict) -> int:
+    skip = _inside_transformer(net)
+    hooks = []
+
+    def conv_hook(part):
+        def hook(m, inp, out):
+            k = m.kernel_size[0] * m.kernel_size[1]
+            parts[part]["macs"] += m.in_channels * m.out_channels * k * out.shape[2] * out.shape[3] // m.groups
+        return hook
+
+    def linear_hook(part):
+        def hook(m, inp, out):
+            parts[part]["macs"] += m.in_features * m.out_features
+        return hook
+
+    def transformer_hook(part):
+        def hook(m, inp, out):
+            parts[part]["macs"] += m.hrnas_attention_macs()
+        return hook
+
+    for name, module in net.named_modules():
+        part = part_of(name) if name else None
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(conv_hook(part)))
+        elif isinstance(module, nn.Linear) and name not in skip:
+            hooks.append(module.register_forward_hook(linear_hook(part)))
+        elif isinstance(module, LightweightTransformer):
+            hooks.append(module.register_forward_hook(transformer_hook(part)))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(v["macs"] for v in parts.values())
