@@ -13,6 +13,7 @@ The paper's "FLOPs" are these MACs. Parts: stem, fuse0…fuse4, parallel0…para
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -106,26 +107,22 @@ def profile(model: nn.Module, size: tuple[int, int], convention: str = "true") -
     for name, p in net.named_parameters():
         parts[part_of(name)]["params"] += p.numel()
     params_all = sum(v["params"] for v in parts.values())
-    in_channels = net.stem[0][0].in_channels
-    x = torch.zeros(1, in_channels, *size, device=next(net.parameters()).device)
-    was_training = net.training
-    net.eval()
-    try:
-        if convention == "true":
-            params = params_all
-            with torch.no_grad(), flop_counter.FlopCounterMode(display=False, depth=None) as counter:
-                net(x)
-            _true_parts(counter, net, parts, type(net).__name__ + ".")
-            macs = counter.get_total_flops() // 2
-        else:
-            for part in parts.values():
-                part["params"] = 0
-            for name, module in _hrnas_param_modules(net):
-                parts[part_of(name)]["params"] += sum(p.numel() for p in module.parameters(recurse=False))
-            params = sum(v["params"] for v in parts.values())
-            macs = _hrnas_macs(net, x, parts)
-    finally:
-        net.train(was_training)
+    # Shapes are all that counting needs: run a copy on the meta device (no memory, no arithmetic).
+    net = copy.deepcopy(net).to("meta").eval()
+    x = torch.zeros(1, net.stem[0][0].in_channels, *size, device="meta")
+    if convention == "true":
+        params = params_all
+        with torch.no_grad(), flop_counter.FlopCounterMode(display=False, depth=None) as counter:
+            net(x)
+        _true_parts(counter, net, parts, type(net).__name__ + ".")
+        macs = counter.get_total_flops() // 2
+    else:
+        for part in parts.values():
+            part["params"] = 0
+        for name, module in _hrnas_param_modules(net):
+            parts[part_of(name)]["params"] += sum(p.numel() for p in module.parameters(recurse=False))
+        params = sum(v["params"] for v in parts.values())
+        macs = _hrnas_macs(net, x, parts)
     return Profile(size=tuple(size), convention=convention, params=params, macs=macs, params_all=params_all,
                    parts=parts)
 

@@ -62,23 +62,44 @@ def make_anchors(class_names, point_cloud_range, feature_size: tuple[int, int]) 
 
 
 def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy per-class NMS on rotated BEV IoU (``hrnas.metrics.box_ops.rotated_iou_bev``); kept indices by score."""
-    from hrnas.metrics.box_ops import rotated_iou_bev
+    """Greedy per-class NMS on rotated BEV IoU; indices of the kept boxes by decreasing score.
 
-    if boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    Only same-class pairs whose circumscribed circles meet can overlap; their exact intersection comes
+    from ``hrnas.metrics.box_ops.paired_bev_intersection`` (the pairwise form of ``rotated_iou_bev``),
+    so memory and time grow with the number of such pairs, not with K².
+    """
+    from hrnas.metrics.box_ops import paired_bev_intersection
+
     order = torch.argsort(scores, descending=True)
-    bev = boxes[order][:, [0, 1, 3, 4, 6]].double()
-    # Per-class NMS by shifting every class far away from the others (the batched_nms trick).
-    span = float((bev[:, :2].abs().max() + bev[:, 2:4].max()) * 2 + 1)
-    bev[:, 0] += labels[order].double() * span
-    over = torch.as_tensor(rotated_iou_bev(bev, bev)).cpu().numpy() > iou_threshold
-    suppressed = np.zeros(over.shape[0], dtype=bool)
+    bev = boxes[order][:, [0, 1, 3, 4, 6]].detach().double().cpu().numpy()
+    cls = labels[order].cpu().numpy()
+    count = len(bev)
+    radius = 0.5 * np.hypot(bev[:, 2], bev[:, 3])
+    # Candidate pairs (i, j), i < j in score order: boxes sorted by x, each i looks only at the
+    # boxes within x ± (its radius + the largest radius), then keeps same-class, meeting circles.
+    by_x = np.argsort(bev[:, 0], kind="stable")
+    xs = bev[by_x, 0]
+    reach = radius + (radius.max() if count else 0.0)
+    lo = np.searchsorted(xs, bev[:, 0] - reach, side="left")
+    hi = np.searchsorted(xs, bev[:, 0] + reach, side="right")
+    width = hi - lo
+    rows = np.repeat(np.arange(count), width)
+    cols = by_x[np.repeat(lo - np.cumsum(width) + width, width) + np.arange(width.sum())]
+    dist = np.hypot(bev[rows, 0] - bev[cols, 0], bev[rows, 1] - bev[cols, 1])
+    near = (cols > rows) & (cls[rows] == cls[cols]) & (dist < radius[rows] + radius[cols])
+    rows, cols = rows[near], cols[near]  # sorted by row
+    if rows.size:
+        inter = paired_bev_intersection(bev[rows], bev[cols])
+        union = bev[rows, 2] * bev[rows, 3] + bev[cols, 2] * bev[cols, 3] - inter
+        over = inter > iou_threshold * union
+        rows, cols = rows[over], cols[over]  # still sorted by row
+    bounds = np.searchsorted(rows, np.arange(count + 1))
+    suppressed = np.zeros(count, dtype=bool)
     keep = []
-    for i in range(over.shape[0]):
+    for i in range(count):
         if not suppressed[i]:
             keep.append(i)
-            suppressed |= over[i]
+            suppressed[cols[bounds[i]:bounds[i + 1]]] = True
     return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
 
 

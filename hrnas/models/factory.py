@@ -47,8 +47,8 @@ TASK_DEFAULTS: dict[str, dict] = {
 # Input size (H, W) at which the paper reports params/MACs for each task.
 PAPER_SIZES = {"imagenet": (224, 224), "cityscapes": (512, 1024), "ade20k": (512, 512), "coco": (256, 192),
                "kitti": (496, 432)}
-COMMON_DEFAULTS = dict(act="relu", attention="none", placement="res", tokens=64, proj=8, decoder=True,
-                       token_mode="channel")
+COMMON_DEFAULTS = dict(expand_ratio=4, act="relu", attention="none", placement="res", tokens=64, proj=8,
+                       decoder=True, token_mode="channel")
 
 
 def model_options(task: str, **overrides) -> dict:
@@ -71,6 +71,7 @@ def _check_options(opts: dict) -> None:
         ("attention", opts["attention"] in ATTENTION_TYPES, ", ".join(ATTENTION_TYPES)),
         ("placement", opts["placement"] in PLACEMENTS, ", ".join(PLACEMENTS)),
         ("token_mode", opts["token_mode"] in TOKEN_MODES, ", ".join(TOKEN_MODES)),
+        ("expand_ratio", isinstance(opts["expand_ratio"], int) and opts["expand_ratio"] >= 1, "an integer >= 1"),
         ("tokens", isinstance(opts["tokens"], int) and opts["tokens"] >= 1, "an integer >= 1"),
         ("proj", isinstance(opts["proj"], int) and opts["proj"] >= 1, "an integer >= 1"),
     ]
@@ -107,8 +108,8 @@ def build_model(task: str | None = None, arch: dict | str | Path | None = None, 
 
 
 def _build(opts: dict, blocks: dict | None) -> HRNet:
-    make = BlockFactory(act=opts["act"], norm=NormConfig(opts["bn_momentum"], opts["bn_eps"]),
-                        attention=_attention(opts), arch=blocks)
+    make = BlockFactory(expand_ratio=opts["expand_ratio"], act=opts["act"],
+                        norm=NormConfig(opts["bn_momentum"], opts["bn_eps"]), attention=_attention(opts), arch=blocks)
     if opts["head"] == "classification":
         def head(mk, channels):
             return ClassificationHead(mk, channels, opts["num_classes"], opts["dropout"])

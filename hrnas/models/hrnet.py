@@ -37,12 +37,13 @@ EXPAND_RATIO = 4
 class BlockFactory:
     """Builds every searching block of a network, by name.
 
-    In the supernet each kernel path has ``EXPAND_RATIO · inp`` hidden channels and each transformer
-    ``attention.tokens`` tokens; ``arch`` (block name → {"kernels", "hidden", "tokens"}) overrides
-    both for a searched network. ``built`` records the construction order (the block order of the
+    In the supernet each kernel path has ``expand_ratio · inp`` hidden channels (4 in the paper) and
+    each transformer ``attention.tokens`` tokens; ``arch`` (block name → {"kernels", "hidden",
+    "tokens"}) overrides both for a searched network. ``built`` records the construction order (the block order of the
     architecture spec).
     """
 
+    expand_ratio: int = EXPAND_RATIO
     act: str = "relu"
     norm: NormConfig = field(default_factory=NormConfig)
     attention: AttentionConfig = field(default_factory=lambda: AttentionConfig(type="none"))
@@ -54,7 +55,7 @@ class BlockFactory:
             entry = self.arch[name]
             kernels, hidden, tokens = entry["kernels"], entry["hidden"], entry.get("tokens", 0)
         else:
-            kernels, hidden = KERNEL_SIZES, [EXPAND_RATIO * inp] * len(KERNEL_SIZES)
+            kernels, hidden = KERNEL_SIZES, [self.expand_ratio * inp] * len(KERNEL_SIZES)
             tokens = self.attention.tokens
         block = SearchingBlock(inp, oup, stride, hidden, kernels, self.act, self.norm, self.attention, tokens)
         block.block_name = name

@@ -171,22 +171,24 @@ class PillarFeatureNet(nn.Module):
         """(P, T, in_features), (P,), (P, 3: batch, y, x) → pillar features (P, out_channels)."""
         if features.dim() != 3 or features.shape[2] != self.in_features:
             raise UserError(f"features: expected (P, T, {self.in_features}), got {tuple(features.shape)}")
-        num_slots = features.shape[1]
-        mask = torch.arange(num_slots, device=features.device) < num_points[:, None]
-        xyz = features[..., :3]
-        mean = (xyz * mask[..., None]).sum(1) / num_points.clamp(min=1)[:, None].to(xyz.dtype)
+        num_pillars = features.shape[0]
+        mask = torch.arange(features.shape[1], device=features.device) < num_points[:, None]
+        pillar, slot = mask.nonzero(as_tuple=True)  # the real points only, packed
+        points = features[pillar, slot]
+        xyz = points[:, :3]
+        count = num_points.clamp(min=1).to(xyz.dtype)[:, None]
+        mean = xyz.new_zeros(num_pillars, 3).index_add_(0, pillar, xyz) / count
         centre = torch.stack([coords[:, 2], coords[:, 1], torch.zeros_like(coords[:, 0])], dim=1)
         centre = centre.to(xyz.dtype) * self.voxel + self.origin
         n_centre = 3 if self.use_z_center_offset else 2
-        parts = [features, xyz - mean[:, None], xyz[..., :n_centre] - centre[:, None, :n_centre]]
+        parts = [points, xyz - mean[pillar], xyz[:, :n_centre] - centre[pillar, :n_centre]]
         if self.with_distance:
-            parts.append(xyz.norm(dim=-1, keepdim=True))
-        decorated = torch.cat(parts, dim=-1)
-        point_feats = F.relu(self.norm(self.linear(decorated[mask])))
-        # ReLU outputs are >= 0, so zero-filled padding slots leave the max over real points unchanged.
-        dense = point_feats.new_zeros(features.shape[0], num_slots, point_feats.shape[1])
-        dense[mask] = point_feats
-        return dense.max(dim=1).values
+            parts.append(xyz.norm(dim=1, keepdim=True))
+        point_feats = F.relu(self.norm(self.linear(torch.cat(parts, dim=1))))
+        # ReLU outputs are >= 0, so a zero-initialised max over each pillar's points is exact.
+        index = pillar[:, None].expand_as(point_feats)
+        return point_feats.new_zeros(num_pillars, point_feats.shape[1]).scatter_reduce(
+            0, index, point_feats, reduce="amax", include_self=True)
 
 
 class PointPillarsScatter(nn.Module):
@@ -201,10 +203,9 @@ class PointPillarsScatter(nn.Module):
         if pillar_features.shape[1] != self.out_channels:
             raise UserError(f"pillar_features: expected {self.out_channels} channels, got "
                             f"{pillar_features.shape[1]}")
-        flat = (coords[:, 0] * self.ny + coords[:, 1]) * self.nx + coords[:, 2]
-        canvas = pillar_features.new_zeros(batch_size * self.ny * self.nx, self.out_channels)
-        canvas = canvas.index_put((flat,), pillar_features)
-        return canvas.view(batch_size, self.ny, self.nx, self.out_channels).permute(0, 3, 1, 2).contiguous()
+        canvas = pillar_features.new_zeros(batch_size, self.out_channels, self.ny * self.nx)
+        canvas[coords[:, 0], :, coords[:, 1] * self.nx + coords[:, 2]] = pillar_features
+        return canvas.view(batch_size, self.out_channels, self.ny, self.nx)
 
 
 class PointPillarsDetector(nn.Module):

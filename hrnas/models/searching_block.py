@@ -108,9 +108,14 @@ class SearchingBlock(nn.Module):
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel paths: fused expand, per-kernel depthwise, fused projection."""
         h = self.act(self.expand_bn(self.expand(x)))
-        parts = h.split(self.hidden, dim=1) if len(self.hidden) > 1 else (h,)
-        h = torch.cat([self.act(bn(dw(p))) for p, dw, bn in zip(parts, self.dw, self.dw_bn)], dim=1) \
-            if len(self.hidden) > 1 else self.act(self.dw_bn[0](self.dw[0](h)))
+        if len(self.hidden) > 1:
+            # Channel slices of a channels_last tensor are strided; make them dense in the same layout,
+            # otherwise the depthwise convs fall back to a far slower NCHW kernel on the CPU.
+            fmt = torch.channels_last if h.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            parts = [p.contiguous(memory_format=fmt) for p in h.split(self.hidden, dim=1)]
+            h = torch.cat([self.act(bn(dw(p))) for p, dw, bn in zip(parts, self.dw, self.dw_bn)], dim=1)
+        else:
+            h = self.act(self.dw_bn[0](self.dw[0](h)))
         y = self.project_bn(self.project(h))
         return self.se(y) if self.se is not None else y
 

@@ -138,7 +138,7 @@ class LightweightTransformer(nn.Module):
     def _dead_tokens(self) -> torch.Tensor | None:
         """Channel tokens whose importance γ is exactly 0 carry no information: in eval mode they are
         masked out of the attention so that removing them (progressive shrinking) is exact."""
-        if self.training or self.token_mode != "channel":
+        if self.training or self.token_mode != "channel" or self.input_norm.weight.is_meta:
             return None
         dead = self.input_norm.weight == 0
         return dead if bool(dead.any()) else None

@@ -1,0 +1,106 @@
+"""Data: loaders for the real on-disk layouts of the five benchmarks, the authors' transforms, and
+procedural miniature datasets written in the same layouts (reference/data-formats.md).
+
+Entry points: `build_dataset`, `collate_fn`, `build_loader`, `make_dataset`, `ensure_dataset`,
+`default_root`, `NUM_CLASSES`, `DEFAULT_SIZES`.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from hrnas.data.labels import ADE20K_NUM_CLASSES, CITYSCAPES_NUM_CLASSES
+from hrnas.data.loader import build_loader, collate_fn
+from hrnas.data.synthetic import DATASETS, PRESETS, default_root, ensure_dataset, make_dataset
+from hrnas.errors import UserError
+
+TASKS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
+NUM_CLASSES = {"imagenet": 1000, "cityscapes": CITYSCAPES_NUM_CLASSES, "ade20k": ADE20K_NUM_CLASSES,
+               "coco": 17, "kitti": 3}  # coco: keypoints; kitti: Car, Pedestrian, Cyclist
+DEFAULT_SIZES = {"imagenet": (224, 224), "cityscapes": (512, 1024), "ade20k": (512, 512),
+                 "coco": (256, 192), "kitti": None}
+
+__all__ = ["TASKS", "NUM_CLASSES", "DEFAULT_SIZES", "DATASETS", "PRESETS", "build_dataset", "collate_fn",
+           "build_loader", "make_dataset", "ensure_dataset", "default_root"]
+
+
+def _check_options(task: str, options: dict, allowed) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UserError(f"build_dataset({task!r}): unknown option(s) {', '.join(unknown)}; "
+                        f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+
+
+def _size(task: str, size):
+    if size is None:
+        return DEFAULT_SIZES[task]
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise UserError(f"size must be (H, W), got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise UserError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+def _keywords(cls) -> set[str]:
+    return {p.name for p in inspect.signature(cls).parameters.values() if p.kind == p.KEYWORD_ONLY
+            or p.default is not p.empty}
+
+
+def build_dataset(task: str, root, split: str, *, train: bool, size=None, seed: int = 0, **options):
+    """Dataset of `task` in `root` (real layout), split `split`.
+
+    `train=True` gives the authors' training augmentation, else deterministic evaluation transforms.
+    `size` = (H, W) of the network input (crop); kitti ignores it. `seed` seeds the augmentation RNG
+    (see `hrnas.data.common.AugmentationRNG`). Options per task:
+      imagenet: crop_scale (area range of the random-resized crop, default (0.08, 1)), flip_prob.
+      cityscapes / ade20k: img_scale (long, short) [cityscapes 2x the crop, ade20k (4W, H): the authors'
+        (2048, 1024) / (2048, 512) at the default sizes], ratio_range, cat_max_ratio, flip_prob,
+        photometric, size_divisor (eval padding); ade20k also reduce_zero_label.
+      coco: sigma, heatmap_stride, detections (results JSON for evaluation boxes), det_score_thr,
+        flip_prob, half_body_prob, scale_factor, rot_factor, rot_prob.
+      kitti: point_cloud_range, fov_only, flip_prob, rot_range, scale_range, translate_std.
+    """
+    from hrnas.data import transforms as T
+
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{task} data root {root} is not a directory")
+    if task == "imagenet":
+        _check_options(task, options, ("crop_scale", "flip_prob"))
+        from hrnas.data.imagenet import ImageNetDataset
+        hw = _size(task, size)
+        tf = T.ClsTrainTransform(hw, **{"scale" if k == "crop_scale" else k: v for k, v in options.items()}) \
+            if train else T.ClsEvalTransform(hw)
+        return ImageNetDataset(root, split, tf, seed=seed)
+    if task in ("cityscapes", "ade20k"):
+        seg_opts = {"img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric", "size_divisor"}
+        _check_options(task, options, seg_opts | ({"reduce_zero_label"} if task == "ade20k" else set()))
+        h, w = _size(task, size)
+        default_scale = (2 * w, 2 * h) if task == "cityscapes" else (4 * w, h)
+        img_scale = tuple(options.pop("img_scale", default_scale))
+        if train:
+            tf = T.SegTrainTransform((h, w), img_scale, **{k: options.pop(k) for k in
+                                     ("ratio_range", "cat_max_ratio", "flip_prob", "photometric") if k in options})
+        else:
+            tf = T.SegEvalTransform(img_scale, **({"size_divisor": options.pop("size_divisor")}
+                                                  if "size_divisor" in options else {}))
+        if task == "cityscapes":
+            from hrnas.data.cityscapes import CityscapesDataset
+            return CityscapesDataset(root, split, tf, seed=seed)
+        from hrnas.data.ade20k import ADE20KDataset
+        return ADE20KDataset(root, split, tf, reduce_zero_label=options.get("reduce_zero_label", True), seed=seed)
+    if task == "coco":
+        from hrnas.data.coco import CocoKeypointsDataset
+        allowed = _keywords(CocoKeypointsDataset) - {"train", "size", "seed"}
+        _check_options(task, options, allowed)
+        return CocoKeypointsDataset(root, split, train=train, size=_size(task, size), seed=seed, **options)
+    from hrnas.data.kitti import KittiDataset
+    aug_keys = {"flip_prob", "rot_range", "scale_range", "translate_std"}
+    _check_options(task, options, aug_keys | {"point_cloud_range", "fov_only"})
+    aug = T.PointPillarsAugment(**{k: options.pop(k) for k in aug_keys if k in options}) if train else None
+    return KittiDataset(root, split, train=train, augment=aug, seed=seed, **options)
+

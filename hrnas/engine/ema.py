@@ -1,0 +1,134 @@
+"""Exponential moving average of a model's parameters and buffers, keyed by name.
+
+Reference: official-code.md §4 "EMA" and §3.4 (EMA shadows are sliced when channels are removed);
+peers-and-metrics.md §5.3. The authors' ExponentialMovingAverage averages every parameter and
+the BN running mean/var with decay ``min(decay ** (batch / base_batch), (1 + t) / (10 + t))``
+where ``t`` is the global step counted AFTER the optimizer step (1 at the first update).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from hrnas.engine.distributed import unwrap_model
+
+__all__ = ["ModelEMA"]
+
+
+class ModelEMA:
+    """Name-keyed shadow copy of all parameters and buffers of ``model``.
+
+    Float tensors are averaged; integer buffers (``num_batches_tracked``) are copied.
+    ``decay`` is the nominal decay; with ``batch_size`` given it is rescaled to
+    ``decay ** (batch_size / base_batch)`` (the authors' ``moving_average_decay_adjust``: the
+    paper's 0.9999 refers to a batch of 4096); with ``warmup_cap`` each update uses at most
+    ``(1 + t) / (10 + t)``, t = number of updates including the current one. The shadow lives on
+    the model's device. DDP/DataParallel wrappers are unwrapped.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, *, base_batch: int = 4096,
+                 batch_size: int | None = None, warmup_cap: bool = True):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        if batch_size is not None and (batch_size <= 0 or base_batch <= 0):
+            raise ValueError(f"EMA batch_size and base_batch must be > 0, got {batch_size}, {base_batch}")
+        self.nominal_decay = float(decay)
+        self.decay = float(decay) ** (batch_size / base_batch) if batch_size else float(decay)
+        self.warmup_cap = bool(warmup_cap)
+        self.num_updates = 0
+        self.shadow: dict[str, torch.Tensor] = {
+            name: t.detach().clone() for name, t in self._tensors(model).items()}
+
+    @classmethod
+    def from_config(cls, model: nn.Module, cfg: dict) -> "ModelEMA":
+        """The EMA of a loaded config (``ema`` section; batch = ``data.batch_size``)."""
+        e = cfg["ema"]
+        return cls(model, e["decay"], base_batch=e["base_batch"], warmup_cap=e["warmup_cap"],
+                   batch_size=cfg["data"]["batch_size"] if e["batch_adjust"] else None)
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+        return unwrap_model(model).state_dict(keep_vars=True)
+
+    def current_decay(self) -> float:
+        """The decay the next :meth:`update` will use."""
+        t = self.num_updates + 1
+        if self.warmup_cap:
+            return min(self.decay, (1.0 + t) / (10.0 + t))
+        return self.decay
+
+    def _check_keys(self, tensors: dict) -> None:
+        if tensors.keys() != self.shadow.keys():
+            missing = sorted(self.shadow.keys() - tensors.keys())[:3]
+            extra = sorted(tensors.keys() - self.shadow.keys())[:3]
+            raise KeyError(f"EMA shadow and model differ: only in EMA {missing}, only in model "
+                           f"{extra} (slice/drop/rename the shadow after changing the model)")
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> float:
+        """Average the model's current values into the shadow; returns the decay used."""
+        tensors = self._tensors(model)
+        self._check_keys(tensors)
+        d = self.current_decay()
+        for name, cur in tensors.items():
+            avg = self.shadow[name]
+            if avg.shape != cur.shape:
+                raise ValueError(f"EMA shadow {name!r} has shape {tuple(avg.shape)}, model has "
+                                 f"{tuple(cur.shape)}")
+            if avg.is_floating_point():
+                avg.mul_(d).add_(cur.detach().to(avg.dtype), alpha=1.0 - d)
+            else:
+                avg.copy_(cur)
+        self.num_updates += 1
+        return d
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Load the shadow values into ``model`` (in place)."""
+        tensors = self._tensors(model)
+        self._check_keys(tensors)
+        for name, cur in tensors.items():
+            cur.copy_(self.shadow[name])
+
+    def ema_model(self, model: nn.Module) -> nn.Module:
+        """A deep copy of the (unwrapped) model carrying the EMA weights (official-code.md §5)."""
+        clone = copy.deepcopy(unwrap_model(model))
+        self.copy_to(clone)
+        return clone
+
+    # --- surgery after channel removal (official-code.md §3.4) -------------------------------
+    def slice(self, name: str, index: torch.Tensor, dim: int) -> None:
+        """Keep entries ``index`` along ``dim`` of shadow ``name``."""
+        t = self.shadow[name]
+        index = torch.as_tensor(index, dtype=torch.long, device=t.device).flatten()
+        self.shadow[name] = t.index_select(dim, index).contiguous()
+
+    def drop(self, name: str) -> None:
+        """Forget shadow ``name`` (its parameter was removed from the model)."""
+        del self.shadow[name]
+
+    def rename(self, mapping: dict[str, str]) -> None:
+        """Rename shadows ``old -> new`` (e.g. ``ops.2.*`` -> ``ops.1.*`` after a path was removed)."""
+        unknown = sorted(set(mapping) - self.shadow.keys())
+        clash = sorted(set(mapping.values()) & (self.shadow.keys() - set(mapping)))
+        if unknown or clash:
+            raise KeyError(f"EMA rename: unknown shadows {unknown[:3]}, would overwrite {clash[:3]}")
+        moved = {new: self.shadow.pop(old) for old, new in mapping.items()}
+        self.shadow.update(moved)
+
+    # --- persistence ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "nominal_decay": self.nominal_decay,
+                "warmup_cap": self.warmup_cap, "num_updates": self.num_updates,
+                "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = float(state["decay"])
+        self.nominal_decay = float(state["nominal_decay"])
+        self.warmup_cap = bool(state["warmup_cap"])
+        self.num_updates = int(state["num_updates"])
+        device = next(iter(self.shadow.values())).device if self.shadow else None
+        self.shadow = {k: v.detach().clone().to(device) if device is not None else v.detach().clone()
+                       for k, v in state["shadow"].items()}

@@ -1,0 +1,261 @@
+"""Optimizers, the authors' coupled L2 penalty and optimizer-state surgery for channel removal.
+
+References: official-code.md §4 ("Weight decay", "Optimizers") and §3.4 (optimizer state is remapped
+when channels are removed); peers-and-metrics.md §5.2 (TF-style RMSprop).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hrnas.errors import UserError
+
+__all__ = [
+    "RMSpropTF", "build_optimizer", "build_optimizer_from_config", "optimizer_kwargs", "is_decayed", "l2_penalty",
+    "decay_param_groups", "remap_optimizer_state", "slice_optimizer_state", "drop_optimizer_param",
+]
+
+OPTIMIZERS = ("rmsprop_tf", "adam", "adamw", "sgd")
+DECAY_MODES = ("l2", "decoupled")
+# keyword arguments each optimizer accepts besides lr / weight_decay
+_EXTRA_KW = {
+    "rmsprop_tf": ("alpha", "eps", "momentum"),
+    "adam": ("betas", "eps"),
+    "adamw": ("betas", "eps"),
+    "sgd": ("momentum", "nesterov"),
+}
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSprop as in the authors' (AtomNAS/HR-NAS) code, peers-and-metrics.md §5.2.
+
+    Per step, with g = grad (+ weight_decay * p, coupled):
+        square_avg = alpha * square_avg + (1 - alpha) * g²       (square_avg starts at ZERO)
+        avg        = sqrt(square_avg + eps)                       (eps INSIDE the sqrt)
+        buf        = momentum * buf + g / avg;  p -= lr * buf     (momentum > 0)
+        p -= lr * g / avg                                         (momentum == 0)
+
+    Differences to other "TF" variants: TensorFlow and timm initialise square_avg to ONE (first
+    steps ~30x smaller with eps 1e-3) and timm folds lr into the momentum buffer; torch's RMSprop
+    adds eps outside the sqrt. Per-parameter state: ``square_avg``, ``momentum_buffer`` (when
+    momentum > 0), ``step`` — all element-wise tensors have the parameter's shape, so they can be
+    sliced when channels are removed (see :func:`remap_optimizer_state`).
+    """
+
+    def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3,
+                 momentum: float = 0.9, weight_decay: float = 0.0):
+        for name, value in (("lr", lr), ("alpha", alpha), ("eps", eps), ("momentum", momentum),
+                            ("weight_decay", weight_decay)):
+            if not value >= 0.0:
+                raise ValueError(f"RMSpropTF: {name} must be >= 0, got {value}")
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum,
+                                      weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            alpha, eps, mom = group["alpha"], group["eps"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("RMSpropTF does not support sparse gradients")
+                grad = p.grad
+                if group["weight_decay"] != 0:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["square_avg"] = torch.zeros_like(p)  # zero init, as the authors' code
+                    if mom > 0:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                state["step"] += 1
+                square_avg = state["square_avg"]
+                square_avg.mul_(alpha).addcmul_(grad, grad, value=1.0 - alpha)
+                avg = square_avg.add(eps).sqrt_()
+                if mom > 0:
+                    buf = state["momentum_buffer"]
+                    buf.mul_(mom).addcdiv_(grad, avg)
+                    p.add_(buf, alpha=-group["lr"])
+                else:
+                    p.addcdiv_(grad, avg, value=-group["lr"])
+        return loss
+
+
+def optimizer_kwargs(name: str, optim_cfg: dict) -> dict:
+    """The keyword arguments of optimizer ``name`` taken from a config's ``optim`` section."""
+    if name not in _EXTRA_KW:
+        raise UserError(f"optim.name={name!r} is not one of {', '.join(OPTIMIZERS)}")
+    kw = {k: optim_cfg[k] for k in _EXTRA_KW[name] if k in optim_cfg}
+    if "betas" in kw:
+        kw["betas"] = tuple(kw["betas"])
+    return kw
+
+
+def build_optimizer(name: str, params_or_groups, lr: float, weight_decay: float, *,
+                    decay_mode: str = "l2", **kw) -> torch.optim.Optimizer:
+    """Build ``rmsprop_tf | adam | adamw | sgd`` (official-code.md §4).
+
+    ``decay_mode="l2"`` (the authors' code): the optimizer's own weight decay is 0 and the CALLER
+    adds :func:`l2_penalty` to the loss; ``adam`` and ``adamw`` are then both Adam with a coupled
+    L2 term. ``decay_mode="decoupled"`` (the paper's "AdamW"): only valid with ``adamw``, which
+    becomes ``torch.optim.AdamW`` with ``weight_decay`` on every group that does not set its own
+    (use :func:`decay_param_groups` to exempt BN/LayerNorm/bias parameters).
+    """
+    if name not in OPTIMIZERS:
+        raise UserError(f"optim.name={name!r} is not one of {', '.join(OPTIMIZERS)}")
+    if decay_mode not in DECAY_MODES:
+        raise UserError(f"optim.decay_mode={decay_mode!r} is not one of {', '.join(DECAY_MODES)}")
+    unknown = sorted(set(kw) - set(_EXTRA_KW[name]))
+    if unknown:
+        raise UserError(f"optimizer {name!r} does not accept {', '.join(unknown)} "
+                        f"(accepted: {', '.join(_EXTRA_KW[name])})")
+    if lr <= 0:
+        raise UserError(f"optim.lr must be > 0, got {lr}")
+    if weight_decay < 0:
+        raise UserError(f"optim.weight_decay must be >= 0, got {weight_decay}")
+    groups = list(params_or_groups)
+    if decay_mode == "l2":
+        wd = 0.0
+        # groups built by decay_param_groups carry their own weight_decay: zero it, the loss has it
+        groups = [dict(g, weight_decay=0.0) if isinstance(g, dict) else g for g in groups]
+    else:
+        if name != "adamw":
+            raise UserError(f"optim.decay_mode='decoupled' needs optim.name='adamw', got {name!r}")
+        wd = weight_decay
+    if name == "rmsprop_tf":
+        return RMSpropTF(groups, lr=lr, weight_decay=wd, **kw)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, weight_decay=wd, **kw)
+    if decay_mode == "decoupled":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, **kw)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=0.0, **kw)
+
+
+def build_optimizer_from_config(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """:func:`build_optimizer` from a loaded config's ``optim`` section for ``model``'s trainable
+    parameters. With ``decay_mode: l2`` the caller adds ``l2_penalty(model, optim.weight_decay)``
+    to the loss; with ``decoupled`` the decay applies to the :func:`is_decayed` parameters only."""
+    o = cfg["optim"]
+    if o["decay_mode"] == "decoupled":
+        params = decay_param_groups(model, o["weight_decay"])
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    return build_optimizer(o["name"], params, o["lr"], o["weight_decay"],
+                           decay_mode=o["decay_mode"], **optimizer_kwargs(o["name"], o))
+
+
+def is_decayed(name: str, param: torch.Tensor) -> bool:
+    """The authors' "mnas" weight-decay rule (official-code.md §4): every parameter with >= 2 dims
+    (conv and linear weights, transformer projections, query embeddings) and the classifier bias
+    (name ending in ``classifier.bias`` or ``classifier.1.bias``); BN/LayerNorm/other 1-D params
+    are exempt."""
+    return param.dim() >= 2 or name.endswith(("classifier.bias", "classifier.1.bias"))
+
+
+def l2_penalty(model: nn.Module, weight_decay: float) -> torch.Tensor:
+    """Coupled L2 term ``0.5 * wd * sum ||w||²`` over the parameters selected by :func:`is_decayed`.
+
+    Unlike the authors' ``cal_l2_loss`` there is no assertion that exactly one classifier bias
+    exists (official-code.md §8.2 item 17), so heads without one work.
+    """
+    terms = [p.pow(2).sum() for n, p in model.named_parameters() if is_decayed(n, p)]
+    if not terms:
+        device = next(iter(model.parameters()), torch.zeros(())).device
+        return torch.zeros((), device=device)
+    return 0.5 * weight_decay * torch.stack(terms).sum()
+
+
+def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two param groups: the :func:`is_decayed` parameters with ``weight_decay``, the rest with 0."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if is_decayed(n, p) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _find_in_groups(optimizer: torch.optim.Optimizer, param: torch.Tensor):
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p is param:
+                return group, i
+    raise ValueError(f"parameter of shape {tuple(param.shape)} is not in the optimizer")
+
+
+def _is_elementwise(t, old_shape, new_shape: torch.Size, dim: int, index: torch.Tensor) -> bool:
+    """A state tensor that follows the parameter element-wise (exp_avg, square_avg, ...) has the
+    parameter's old shape. When the old shape is unknown (``.data`` replaced in place): same rank,
+    same sizes as the new shape except along ``dim``, long enough for ``index``."""
+    if not torch.is_tensor(t) or t.dim() == 0:
+        return False
+    if old_shape is not None:
+        return t.shape == old_shape
+    if t.dim() != len(new_shape):
+        return False
+    same_other = all(t.shape[d] == new_shape[d] for d in range(t.dim()) if d != dim)
+    return same_other and t.shape[dim] > int(index.max())
+
+
+@torch.no_grad()
+def remap_optimizer_state(optimizer: torch.optim.Optimizer, old_param: torch.Tensor,
+                          new_param: torch.Tensor, index: torch.Tensor, dim: int) -> None:
+    """Keep the entries ``index`` along ``dim`` of ``old_param``'s optimizer state for ``new_param``.
+
+    Contract (official-code.md §3.4): call it right AFTER the model replaced a parameter by a
+    smaller one holding ``old[index]`` along ``dim``. ``old_param`` is the Parameter object the
+    optimizer currently holds; ``new_param`` is the Parameter now in the model — either a new
+    ``nn.Parameter`` (it takes ``old_param``'s place in its param group) or the very same object
+    whose ``.data`` was replaced in place (then pass it twice). Every element-wise state tensor
+    (square_avg, momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq, ...) is replaced by
+    ``index_select(dim, index)``; scalar entries (``step``) are kept. To slice along two dims,
+    call it twice, and exactly once per slicing (in the in-place case the old shape is inferred from
+    the state tensors). A parameter without state yet (never stepped) is only swapped.
+    """
+    index = torch.as_tensor(index, dtype=torch.long).flatten()
+    if index.numel() == 0:
+        raise ValueError("empty index: remove the parameter with drop_optimizer_param instead")
+    dim = dim % new_param.dim()
+    if new_param.shape[dim] != index.numel():
+        raise ValueError(f"new parameter has {new_param.shape[dim]} entries along dim {dim} "
+                         f"but index has {index.numel()}")
+    old_shape = None
+    if old_param is not new_param:
+        old_shape = old_param.shape
+        expect = list(old_param.shape)
+        expect[dim] = index.numel()
+        if list(new_param.shape) != expect or int(index.max()) >= old_param.shape[dim]:
+            raise ValueError(f"new shape {tuple(new_param.shape)} is not old shape "
+                             f"{tuple(old_param.shape)} sliced along dim {dim}")
+    group, pos = _find_in_groups(optimizer, old_param)
+    state = optimizer.state.pop(old_param, {})
+    new_state = {}
+    for key, value in state.items():
+        if _is_elementwise(value, old_shape, new_param.shape, dim, index):
+            value = value.index_select(dim, index.to(value.device)).contiguous()
+        elif torch.is_tensor(value) and value.dim() > 0 and value.shape != new_param.shape:
+            raise ValueError(f"optimizer state {key!r} of shape {tuple(value.shape)} does not "
+                             f"match parameter shape {tuple(new_param.shape)} along dim {dim}")
+        new_state[key] = value
+    group["params"][pos] = new_param
+    if new_state:
+        optimizer.state[new_param] = new_state
+
+
+def slice_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor,
+                          index: torch.Tensor, dim: int) -> None:
+    """:func:`remap_optimizer_state` for a Parameter whose ``.data`` was replaced in place."""
+    remap_optimizer_state(optimizer, param, param, index, dim)
+
+
+def drop_optimizer_param(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> None:
+    """Remove a parameter (e.g. of a kernel path whose channels all died) and its state."""
+    group, pos = _find_in_groups(optimizer, param)
+    del group["params"][pos]
+    optimizer.state.pop(param, None)
+

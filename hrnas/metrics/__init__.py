@@ -1,0 +1,8 @@
+"""Evaluation metrics (reference/peers-and-metrics.md §2.2, §3, §4; official-code.md §5).
+
+- ``classification``: top-k hits and an all-reducible ``ClassificationMeter`` (top-1 / top-5 %).
+- ``segmentation``: dataset-level confusion histogram -> mIoU / mAcc / aAcc (mmseg definition).
+- ``coco_keypoints``: top-down heatmap decoding, flip test, OKS-NMS, COCO keypoint AP (pycocotools).
+- ``box_ops``: rotated BEV IoU, 3D IoU and 2D box overlap (numpy or torch inputs).
+- ``kitti``: KITTI label/result I/O and the official KITTI AP protocol on the CPU (R11, R40, AOS).
+"""

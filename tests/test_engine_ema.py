@@ -1,0 +1,90 @@
+"""ModelEMA: batch-adjusted decay, (1+t)/(10+t) cap, buffers, copies, persistence."""
+import pytest
+import torch
+from torch import nn
+
+from hrnas.engine.ema import ModelEMA
+
+
+def _net(w: float):
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(w)
+        net[1].running_mean.fill_(w)
+    return net
+
+
+def _set(net, w: float):
+    with torch.no_grad():
+        net[0].weight.fill_(w)
+        net[1].running_mean.fill_(w)
+        net[1].num_batches_tracked.fill_(int(w))
+
+
+def test_effective_decay_is_batch_adjusted():
+    assert ModelEMA(_net(0), 0.9999, batch_size=1024).decay == pytest.approx(0.999975, abs=1e-7)
+    assert ModelEMA(_net(0), 0.9999, batch_size=32).decay == pytest.approx(0.99999922, abs=1e-8)
+    assert ModelEMA(_net(0), 0.9999).decay == 0.9999  # no batch given: plain decay (paper)
+
+
+def test_update_with_warmup_cap_hand_computed():
+    net = _net(0.0)
+    ema = ModelEMA(net, decay=0.9999, batch_size=32)
+    _set(net, 11.0)
+    d1 = ema.update(net)
+    assert d1 == pytest.approx(2 / 11)  # t = 1: (1+1)/(10+1)
+    # shadow = d*0 + (1-d)*11 = 9
+    assert ema.shadow["0.weight"].item() == pytest.approx(9.0)
+    assert ema.shadow["1.running_mean"].item() == pytest.approx(9.0)  # BN buffers averaged too
+    assert ema.shadow["1.num_batches_tracked"].item() == 11  # ints copied
+    _set(net, 1.0)
+    assert ema.update(net) == pytest.approx(0.25)  # t = 2: 3/12
+    assert ema.shadow["0.weight"].item() == pytest.approx(0.25 * 9.0 + 0.75 * 1.0)
+
+
+def test_update_without_cap_uses_decay():
+    net = _net(1.0)
+    ema = ModelEMA(net, decay=0.5, warmup_cap=False)
+    _set(net, 3.0)
+    assert ema.update(net) == 0.5
+    assert ema.shadow["0.weight"].item() == pytest.approx(2.0)
+
+
+def test_copy_to_ema_model_and_unwrap():
+    net = _net(2.0)
+    ema = ModelEMA(nn.DataParallel(net), decay=0.5, warmup_cap=False)  # wrapper is unwrapped
+    assert "0.weight" in ema.shadow
+    _set(net, 4.0)
+    ema.update(net)
+    copy = ema.ema_model(nn.DataParallel(net))
+    assert copy[0].weight.item() == pytest.approx(3.0) and net[0].weight.item() == 4.0
+    ema.copy_to(net)
+    assert net[0].weight.item() == pytest.approx(3.0)
+
+
+def test_state_dict_round_trip_and_surgery():
+    net = _net(1.0)
+    ema = ModelEMA(net, decay=0.9, batch_size=64)
+    ema.update(net)
+    other = ModelEMA(_net(0.0))
+    other.load_state_dict(ema.state_dict())
+    assert other.num_updates == 1 and other.decay == ema.decay
+    assert torch.equal(other.shadow["0.weight"], ema.shadow["0.weight"])
+    other.rename({"0.weight": "lin.weight"})
+    assert "lin.weight" in other.shadow and "0.weight" not in other.shadow
+    with pytest.raises(KeyError, match="differ"):
+        other.update(net)
+    with pytest.raises(KeyError, match="overwrite"):
+        other.rename({"lin.weight": "1.weight"})
+    other.drop("lin.weight")
+    assert "lin.weight" not in other.shadow
+
+
+def test_from_config_follows_the_switches():
+    from hrnas.engine.config import load_config
+
+    ema = ModelEMA.from_config(_net(0), load_config("imagenet", "paper"))
+    assert ema.decay == pytest.approx(0.999975, abs=1e-7) and ema.warmup_cap
+    ema = ModelEMA.from_config(_net(0), load_config("imagenet", "paper",
+                                                    ["ema.batch_adjust=false", "ema.warmup_cap=false"]))
+    assert ema.decay == 0.9999 and ema.current_decay() == 0.9999

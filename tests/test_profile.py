@@ -1,0 +1,51 @@
+"""Profiler: exact MACs of the authors' supernets in both conventions (issue #2 acceptance)."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hrnas.models import build_model
+from hrnas.profile import profile
+
+SUPERNET_MACS = [("cityscapes", (512, 1024), 61_836_632_064), ("cityscapes", (1024, 2048), 247_346_528_256),
+                 ("ade20k", (512, 512), 36_114_665_472), ("coco", (256, 192), 5_796_631_296),
+                 ("imagenet", (224, 224), 2_422_799_760)]
+
+
+@pytest.mark.parametrize("task,size,macs", SUPERNET_MACS)
+def test_supernet_macs_both_conventions(task, size, macs):
+    model = build_model(task)
+    for convention in ("true", "hrnas"):  # without transformers both conventions agree
+        prof = profile(model, size, convention)
+        assert prof.macs == macs
+        assert sum(p["macs"] for p in prof.parts.values()) == macs
+    assert prof.parts["classifier"]["macs"] > 0
+
+
+def test_transformer_macs_true_and_hrnas():
+    base, with_t = build_model("coco"), build_model("coco", attention="transformer")
+    for size in [(256, 192), (128, 96)]:  # independent of the input size
+        assert profile(with_t, size).macs - profile(base, size).macs == 207_273_984
+        assert profile(with_t, size, "hrnas").macs - profile(base, size, "hrnas").macs == 91_941_888
+
+
+@pytest.mark.parametrize("proj,delta", [(2, 224_000), (4, 1_162_112), (8, 8_969_600), (16, 105_080_192)])
+def test_table1_flops_deltas_hrnas_convention(proj, delta):
+    """Supplement Table 1 FLOPs deltas 0.000 / 0.001 / 0.009 / 0.106 G are these hrnas-convention MACs."""
+    size = (128, 256)
+    base = profile(build_model("cityscapes"), size, "hrnas").macs
+    model = build_model("cityscapes", attention="transformer", tokens=8, proj=proj)
+    assert profile(model, size, "hrnas").macs - base == delta
+
+
+def test_true_convention_equals_flop_counter_on_real_tensors():
+    model = build_model("cityscapes", attention="transformer", placement="res+down", tokens=8, proj=4,
+                        decoder=False).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 64, 128))
+    assert profile(model, (64, 128)).macs == counter.get_total_flops() // 2
+
+
+def test_hrnas_params_exclude_bn_and_attention():
+    prof = profile(build_model("imagenet"), (224, 224), "hrnas")
+    assert prof.params == 13_039_360  # the authors' profiler count (official-code.md §9)
+    assert prof.params_all == 13_243_868

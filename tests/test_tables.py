@@ -1,0 +1,185 @@
+"""hrnas.viz.tables: save_table (csv/md/tex), the supplement tables and reference results shipped as data."""
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hrnas.errors import UserError
+from hrnas.viz import tables as T
+
+SHARED_SUPPLEMENT = Path("/work/shared/paper/supplement_tables.csv")
+
+
+def _md_rows(text: str) -> list[list[str]]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    rows = []
+    for ln in lines[2:]:  # header, rule
+        cells, cur, i = [], "", 1
+        while i < len(ln):
+            ch = ln[i]
+            if ch == "\\" and i + 1 < len(ln):
+                cur += ln[i + 1]
+                i += 2
+                continue
+            if ch == "|":
+                cells.append(cur.strip())
+                cur = ""
+            else:
+                cur += ch
+            i += 1
+        rows.append(cells)
+    return rows
+
+
+def _tex_rows(text: str) -> list[list[str]]:
+    body = text.split("\\midrule\n", 1)[1].split("\\bottomrule", 1)[0]
+    return [ln.rstrip().removesuffix("\\\\").rstrip().split(" & ") for ln in body.strip().splitlines()]
+
+
+def _unescape_tex(s: str) -> str:
+    for raw, esc in T._LATEX_SPECIAL.items():
+        if raw != "\\":
+            s = s.replace(esc, raw)
+    return s.replace(r"\textbackslash{}", "\\")
+
+
+@pytest.fixture
+def frame():
+    return pd.DataFrame({
+        "variant": ["Baseline", "s=2x2", "a_b & 50%", "x|y"],
+        "params_M": [1.12, 1.18, float("nan"), 18.543],
+        "count": [1, 2, 3, 4],
+    })
+
+
+def test_save_table_writes_three_files_with_same_rows(frame, tmp_path):
+    paths = T.save_table(frame, "tab_test", tmp_path / "figs", caption="Ablation: 50% & more")
+    assert set(paths) == {"csv", "md", "tex"}
+    assert [p.name for p in paths.values()] == ["tab_test.csv", "tab_test.md", "tab_test.tex"]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["tab_test.csv", "tab_test.md", "tab_test.tex"]
+
+    back = pd.read_csv(paths["csv"])
+    pd.testing.assert_frame_equal(back, frame)  # full precision, no index column
+
+    md_rows = _md_rows(paths["md"].read_text())
+    tex_rows = _tex_rows(paths["tex"].read_text())
+    assert len(md_rows) == len(tex_rows) == len(frame)
+    assert [r[0] for r in md_rows] == list(frame["variant"])
+    assert [_unescape_tex(r[0]) for r in tex_rows] == list(frame["variant"])
+    for md, tex, (_, rec) in zip(md_rows, tex_rows, frame.iterrows()):
+        for j, value in enumerate(rec):
+            expected = "" if isinstance(value, float) and math.isnan(value) else str(value)
+            assert md[j] == expected
+            assert _unescape_tex(tex[j]) == expected
+    tex = paths["tex"].read_text()
+    assert r"\caption{Ablation: 50\% \& more}" in tex and r"\label{tab:tab_test}" in tex
+    assert paths["md"].read_text().rstrip().endswith("Table: Ablation: 50% & more")
+
+
+def test_latex_writers_agree(frame):
+    ours = T.latex_table(frame, caption="c", label="tab:x", use_pandas=False)
+    theirs = T.latex_table(frame, caption="c", label="tab:x", use_pandas=True)
+    assert _tex_rows(ours) == _tex_rows(theirs)
+    assert r"\begin{tabular}{lrr}" in ours and r"\begin{tabular}{lrr}" in theirs
+
+
+def test_float_format_and_index(tmp_path):
+    df = pd.DataFrame({"miou": [74.2234, 71.99]}, index=pd.Index(["a", "b"], name="method"))
+    paths = T.save_table(df, "t2", tmp_path, float_format=".2f")
+    assert _md_rows(paths["md"].read_text()) == [["a", "74.22"], ["b", "71.99"]]
+    assert _tex_rows(paths["tex"].read_text()) == [["a", "74.22"], ["b", "71.99"]]
+    back = pd.read_csv(paths["csv"], index_col="method")
+    assert back.loc["a", "miou"] == 74.2234  # the CSV keeps full precision
+
+
+def test_markdown_alignment():
+    text = T.markdown_table(pd.DataFrame({"name": ["a"], "value": [1.5]}))
+    assert text.splitlines()[1] == "|------|------:|"
+
+
+@pytest.mark.parametrize("stem", ["", "../x", "a/b", ".hidden", "a b"])
+def test_save_table_rejects_bad_stem(frame, tmp_path, stem):
+    with pytest.raises(UserError, match=r"^stem: .* is not a valid file stem"):
+        T.save_table(frame, stem, tmp_path)
+
+
+def test_save_table_rejects_bad_input(frame, tmp_path):
+    with pytest.raises(UserError, match=r"^df: expected a pandas DataFrame, got list$"):
+        T.save_table([1, 2], "x", tmp_path)
+    with pytest.raises(UserError, match=r"^float_format: 'q' is not a float format spec"):
+        T.save_table(frame, "x", tmp_path, float_format="q")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"^figures_dir: .* exists and is not a directory$"):
+        T.save_table(frame, "x", tmp_path / "file")
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    T.atomic_write_text(tmp_path / "a.txt", "one")
+    T.atomic_write_text(tmp_path / "a.txt", "two")
+    assert (tmp_path / "a.txt").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_paper_table1_rows_and_columns():
+    df = T.paper_table("table1")
+    assert list(df.columns) == ["variant", "params_M", "flops_G", "miou", "macc", "aacc"]
+    assert list(df["variant"]) == ["Baseline", "s=2x2", "s=4x4", "s=8x8", "s=16x16"]
+    row = df.set_index("variant").loc["s=8x8"]
+    assert (row.params_M, row.flops_G, row.miou, row.macc, row.aacc) == (2.273, 1.872, 74.22, 82.36, 95.52)
+    assert df.set_index("variant").loc["s=16x16", "params_M"] == 18.543
+    assert df.attrs["paper_columns"] == ["Input size", "Params", "FLOPs", "mIoU(%)", "mACC(%)", "aACC(%)"]
+    assert df.attrs["caption"].startswith("Table 1. Comparisons of different projection size s")
+
+
+def test_paper_table2_and_aliases():
+    df = T.paper_table("table2")
+    assert len(df) == 7 and df["variant"].iloc[2] == "Non-local" and df["flops_G"].iloc[2] == 2.951
+    pd.testing.assert_frame_equal(T.paper_table(2), df)
+    pd.testing.assert_frame_equal(T.paper_table("Table 2"), df)
+    with pytest.raises(UserError, match=r"^paper_table: unknown table 'table3'; available: table1, table2$"):
+        T.paper_table("table3")
+
+
+@pytest.mark.skipif(not SHARED_SUPPLEMENT.exists(), reason="project shared/ folder not present")
+def test_packaged_paper_tables_match_the_shared_transcription():
+    shared = pd.read_csv(SHARED_SUPPLEMENT)
+    packaged = pd.concat([T.paper_table(1).assign(table=1), T.paper_table(2).assign(table=2)])
+    packaged = packaged[shared.columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(packaged, shared)
+
+
+def test_reference_results_structure_and_sources():
+    df = T.reference_results()
+    assert list(df.columns) == list(T.REFERENCE_COLUMNS)
+    assert set(df["task"]) == {"cityscapes", "ade20k", "coco", "kitti", "imagenet"}
+    assert df["source"].notna().all() and (df["source"].str.len() > 10).all()
+    assert set(df["confidence"]) <= {"paper", "repo", "issue", "confirmed", "third-party", "mem"}
+    assert set(df["split"]) <= {"val", "test"}
+    assert pd.api.types.is_float_dtype(df["value"]) and df["value"].notna().all()
+    assert not df.duplicated(["task", "method", "metric", "input_size", "split"]).any()
+
+
+def test_reference_results_agree_with_the_supplement():
+    cs = T.reference_results("cityscapes")
+    ours = cs[cs["confidence"] == "paper"].pivot_table(index="method", columns="metric", values="value")
+    t1 = T.paper_table("table1").set_index("variant")
+    for method, variant in (("supplement baseline", "Baseline"), ("s=8", "s=8x8")):
+        row = ours[ours.index.str.contains(method, regex=False)]
+        assert len(row) == 1
+        assert row["mIoU"].item() == t1.loc[variant, "miou"]
+        assert row["mAcc"].item() == t1.loc[variant, "macc"]
+        assert row["aAcc"].item() == t1.loc[variant, "aacc"]
+
+
+def test_reference_results_filters():
+    coco_ap = T.reference_results("coco", metric="ap")
+    assert set(coco_ap["metric"]) == {"AP"}
+    w32 = coco_ap[(coco_ap["method"] == "HRNet-W32") & (coco_ap["input_size"] == "256x192")]
+    assert w32["value"].tolist() == [74.4] and w32["macs_G"].tolist() == [7.1]
+    kitti = T.reference_results("kitti", verified_only=True)
+    assert "mem" not in set(kitti["confidence"]) and len(kitti) < len(T.reference_results("kitti"))
+    with pytest.raises(UserError, match=r"^reference_results: unknown task 'voc'; available: ade20k, cityscapes, coco, imagenet, kitti$"):
+        T.reference_results("voc")
+    with pytest.raises(UserError, match=r"^reference_results: no metric 'zz' for task 'ade20k'"):
+        T.reference_results("ade20k", metric="zz")
