@@ -109,7 +109,7 @@ def profile(model: nn.Module, size: tuple[int, int], convention: str = "true") -
     params_all = sum(v["params"] for v in parts.values())
     # Shapes are all that counting needs: run a copy on the meta device (no memory, no arithmetic).
     net = copy.deepcopy(net).to("meta").eval()
-    x = torch.zeros(1, net.stem[0][0].in_channels, *size, device="meta")
+    x = torch.zeros(1, net.stem[0][0].in_channels, *size, device="meta", dtype=next(net.parameters()).dtype)
     if convention == "true":
         params = params_all
         with torch.no_grad(), flop_counter.FlopCounterMode(display=False, depth=None) as counter:

@@ -23,7 +23,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     base = tmp_path_factory.mktemp("smoke")
-    return {name: make_dataset(name, base / name, preset="smoke", seed=0)
+    return {name: make_dataset(name, base / name, preset="smoke", seed=0, progress=False)
             for name in ("imagenet", "cityscapes", "ade20k", "coco", "kitti")}
 
 
@@ -48,7 +48,8 @@ def _raises(fn, *fragments) -> str:
 
 def test_missing_root(tmp_path):
     for task in ("imagenet", "cityscapes", "ade20k", "coco", "kitti"):
-        _raises(lambda: build_dataset(task, tmp_path / "nope", "train", train=True), tmp_path / "nope")
+        _raises(lambda: build_dataset(task, tmp_path / "nope", "train", train=True), tmp_path / "nope",
+                "expected layout ROOT/")
 
 
 @pytest.mark.parametrize("task,missing,layout", [

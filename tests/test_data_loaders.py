@@ -33,7 +33,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     base = tmp_path_factory.mktemp("smoke")
-    return {name: make_dataset(name, base / name, preset="smoke", seed=0) for name in DATASETS}
+    return {name: make_dataset(name, base / name, preset="smoke", seed=0, progress=False) for name in DATASETS}
 
 
 # ---------------------------------------------------------------------------- ImageNet
@@ -65,6 +65,18 @@ def test_imagenet_flat_val_label_files(smoke, tmp_path):
     (root / "val_labels.txt").write_text("".join(f"{s}.JPEG {w}\n" for s, w in sorted(folder_labels.items())))
     ds2 = build_dataset("imagenet", root, "val", train=False, size=(32, 32))
     assert ds2.targets == ds.targets
+
+
+def test_imagenet_grayscale_and_cmyk_become_rgb(smoke, tmp_path):
+    root = tmp_path / "inet"
+    shutil.copytree(smoke["imagenet"], root)
+    first, second = sorted((root / "train" / "n90000000").iterdir())[:2]
+    Image.open(first).convert("L").save(first, format="JPEG")
+    Image.open(second).convert("CMYK").save(second, format="JPEG")
+    ds = build_dataset("imagenet", root, "train", train=False, size=(32, 32))
+    gray, _ = ds[0]
+    assert ds[1][0].shape == gray.shape == (3, 32, 32)
+    assert torch.allclose(gray[0] * 0.229 + 0.485, gray[1] * 0.224 + 0.456, atol=1e-5)  # R == G
 
 
 def test_tf_random_resized_crop_box_limits():
@@ -138,6 +150,8 @@ def test_ade20k_reduce_zero_label(smoke):
     expect = np.where(raw == 0, 255, raw.astype(np.int64) - 1)
     assert np.array_equal(ds[0][1].numpy(), expect)
     assert ds.num_classes == 150 and ds.classes[0] == "wall"
+    nested = build_dataset("ade20k", smoke["ade20k"] / "ADEChallengeData2016", "val", train=False)
+    assert nested.files == ds.files  # ROOT may also be the ADEChallengeData2016 folder itself
 
 
 def test_segmentation_collate_pads_with_ignore():

@@ -22,7 +22,7 @@ def _script(name):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     base = tmp_path_factory.mktemp("prep")
-    return {name: make_dataset(name, base / name, preset="smoke", seed=0) for name in ("cityscapes", "kitti")}
+    return {name: make_dataset(name, base / name, preset="smoke", seed=0, progress=False) for name in ("cityscapes", "kitti")}
 
 
 def test_cityscapes_train_ids_script(smoke, tmp_path, capsys):

@@ -28,7 +28,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     base = tmp_path_factory.mktemp("smoke")
-    return {name: make_dataset(name, base / name, preset="smoke", seed=0) for name in DATASETS}
+    return {name: make_dataset(name, base / name, preset="smoke", seed=0, progress=False) for name in DATASETS}
 
 
 def _tree_digest(root: Path) -> dict:
@@ -186,13 +186,13 @@ def test_crash_during_generation_leaves_nothing(tmp_path, monkeypatch):
 
     real = gen.generate
 
-    def crash(out, preset, seed):
-        real(out, preset, seed)
+    def crash(out, preset, seed, tick):
+        real(out, preset, seed, tick)
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(gen, "generate", crash)
     with pytest.raises(RuntimeError):
-        make_dataset("kitti", tmp_path / "k", preset="smoke")
+        make_dataset("kitti", tmp_path / "k", preset="smoke", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -216,7 +216,7 @@ def test_default_root_and_ensure_dataset(tmp_path, monkeypatch):
     before = _tree_digest(root)
 
     import hrnas.data.synthetic.kitti as gen
-    monkeypatch.setattr(gen, "generate", lambda *a: pytest.fail("regenerated an existing dataset"))
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: pytest.fail("regenerated an existing dataset"))
     assert ensure_dataset("kitti", "smoke", 3) == root and _tree_digest(root) == before
     monkeypatch.undo()
     monkeypatch.setenv("HRNAS_DATA_DIR", str(tmp_path))
@@ -242,6 +242,7 @@ def test_make_synthetic_script(tmp_path, capsys):
     spec.loader.exec_module(mod)
     assert mod.main(["imagenet", "--out", str(tmp_path / "in"), "--preset", "smoke", "--seed", "2"]) == 0
     assert json.loads((tmp_path / "in" / "_SYNTHETIC").read_text())["seed"] == 2
+    assert "wrote synthetic imagenet (smoke, seed 2)" in capsys.readouterr().out
     assert mod.main(["imagenet", "--out", str(tmp_path / "in"), "--preset", "smoke"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: output folder") and "\n" not in err

@@ -113,10 +113,11 @@ def test_fused_paths_equal_per_path_sum():
 def test_block_with_all_paths_removed_is_its_shortcut():
     ident = SearchingBlock(8, 8, 1, [0, 0, 0])
     x = torch.randn(1, 8, 5, 5)
-    assert torch.equal(ident(x), x)
+    assert torch.equal(ident(x), x)  # identity + a zero-initialised bias
     down = SearchingBlock(8, 16, 2, [0, 0, 0])
     assert down(x).shape == (1, 16, 3, 3)
-    assert sum(p.numel() for p in down.parameters()) == 16 * 8 // 8  # grouped 1×1 conv, groups = gcd(8, 16)
+    # grouped 1×1 conv (groups = gcd(8, 16) = 8) + 16 biases
+    assert sum(p.numel() for p in down.parameters()) == 16 * 8 // 8 + 16
 
 
 def test_arch_round_trip_and_searched_net():

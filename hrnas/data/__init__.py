@@ -6,17 +6,20 @@ Entry points: `build_dataset`, `collate_fn`, `build_loader`, `make_dataset`, `en
 """
 from __future__ import annotations
 
-import inspect
+import importlib
 from pathlib import Path
 
+from hrnas.data import transforms as T
 from hrnas.data.labels import ADE20K_NUM_CLASSES, CITYSCAPES_NUM_CLASSES
 from hrnas.data.loader import build_loader, collate_fn
 from hrnas.data.synthetic import DATASETS, PRESETS, default_root, ensure_dataset, make_dataset
 from hrnas.errors import UserError
 
 TASKS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
+# Of the real benchmarks (coco: keypoints; kitti: Car, Pedestrian, Cyclist). A built dataset's own
+# count is `dataset.num_classes` (the synthetic ImageNet has 10 classes).
 NUM_CLASSES = {"imagenet": 1000, "cityscapes": CITYSCAPES_NUM_CLASSES, "ade20k": ADE20K_NUM_CLASSES,
-               "coco": 17, "kitti": 3}  # coco: keypoints; kitti: Car, Pedestrian, Cyclist
+               "coco": 17, "kitti": 3}
 DEFAULT_SIZES = {"imagenet": (224, 224), "cityscapes": (512, 1024), "ade20k": (512, 512),
                  "coco": (256, 192), "kitti": None}
 
@@ -24,11 +27,16 @@ __all__ = ["TASKS", "NUM_CLASSES", "DEFAULT_SIZES", "DATASETS", "PRESETS", "buil
            "build_loader", "make_dataset", "ensure_dataset", "default_root"]
 
 
-def _check_options(task: str, options: dict, allowed) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise UserError(f"build_dataset({task!r}): unknown option(s) {', '.join(unknown)}; "
-                        f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+# options build_dataset accepts per task (besides size and seed)
+OPTIONS = {
+    "imagenet": {"crop_scale", "flip_prob"},
+    "cityscapes": {"img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric", "size_divisor"},
+    "ade20k": {"img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric", "size_divisor",
+               "reduce_zero_label"},
+    "coco": {"sigma", "heatmap_stride", "detections", "det_score_thr", "flip_prob", "half_body_prob",
+             "scale_factor", "rot_factor", "rot_prob"},
+    "kitti": {"point_cloud_range", "fov_only", "flip_prob", "rot_range", "scale_range", "translate_std"},
+}
 
 
 def _size(task: str, size):
@@ -43,9 +51,8 @@ def _size(task: str, size):
     return h, w
 
 
-def _keywords(cls) -> set[str]:
-    return {p.name for p in inspect.signature(cls).parameters.values() if p.kind == p.KEYWORD_ONLY
-            or p.default is not p.empty}
+def _pick(options: dict, keys) -> dict:
+    return {k: options[k] for k in keys if k in options}
 
 
 def build_dataset(task: str, root, split: str, *, train: bool, size=None, seed: int = 0, **options):
@@ -62,32 +69,33 @@ def build_dataset(task: str, root, split: str, *, train: bool, size=None, seed: 
         flip_prob, half_body_prob, scale_factor, rot_factor, rot_prob.
       kitti: point_cloud_range, fov_only, flip_prob, rot_range, scale_range, translate_std.
     """
-    from hrnas.data import transforms as T
-
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UserError(f"{task} data root {root} is not a directory")
+        layout = importlib.import_module(f"hrnas.data.{task}").LAYOUT
+        raise UserError(f"{task} data root {root} is not a directory; expected layout {layout}")
+    unknown = sorted(set(options) - OPTIONS[task])
+    if unknown:
+        raise UserError(f"build_dataset({task!r}): unknown option(s) {', '.join(unknown)}; "
+                        f"allowed: {', '.join(sorted(OPTIONS[task]))}")
     if task == "imagenet":
-        _check_options(task, options, ("crop_scale", "flip_prob"))
         from hrnas.data.imagenet import ImageNetDataset
         hw = _size(task, size)
-        tf = T.ClsTrainTransform(hw, **{"scale" if k == "crop_scale" else k: v for k, v in options.items()}) \
-            if train else T.ClsEvalTransform(hw)
+        if train:
+            tf = T.ClsTrainTransform(hw, scale=options.get("crop_scale", (0.08, 1.0)),
+                                     flip_prob=options.get("flip_prob", 0.5))
+        else:
+            tf = T.ClsEvalTransform(hw)
         return ImageNetDataset(root, split, tf, seed=seed)
     if task in ("cityscapes", "ade20k"):
-        seg_opts = {"img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric", "size_divisor"}
-        _check_options(task, options, seg_opts | ({"reduce_zero_label"} if task == "ade20k" else set()))
         h, w = _size(task, size)
-        default_scale = (2 * w, 2 * h) if task == "cityscapes" else (4 * w, h)
-        img_scale = tuple(options.pop("img_scale", default_scale))
+        img_scale = tuple(options.get("img_scale", (2 * w, 2 * h) if task == "cityscapes" else (4 * w, h)))
         if train:
-            tf = T.SegTrainTransform((h, w), img_scale, **{k: options.pop(k) for k in
-                                     ("ratio_range", "cat_max_ratio", "flip_prob", "photometric") if k in options})
+            tf = T.SegTrainTransform((h, w), img_scale,
+                                     **_pick(options, ("ratio_range", "cat_max_ratio", "flip_prob", "photometric")))
         else:
-            tf = T.SegEvalTransform(img_scale, **({"size_divisor": options.pop("size_divisor")}
-                                                  if "size_divisor" in options else {}))
+            tf = T.SegEvalTransform(img_scale, **_pick(options, ("size_divisor",)))
         if task == "cityscapes":
             from hrnas.data.cityscapes import CityscapesDataset
             return CityscapesDataset(root, split, tf, seed=seed)
@@ -95,12 +103,9 @@ def build_dataset(task: str, root, split: str, *, train: bool, size=None, seed: 
         return ADE20KDataset(root, split, tf, reduce_zero_label=options.get("reduce_zero_label", True), seed=seed)
     if task == "coco":
         from hrnas.data.coco import CocoKeypointsDataset
-        allowed = _keywords(CocoKeypointsDataset) - {"train", "size", "seed"}
-        _check_options(task, options, allowed)
         return CocoKeypointsDataset(root, split, train=train, size=_size(task, size), seed=seed, **options)
     from hrnas.data.kitti import KittiDataset
-    aug_keys = {"flip_prob", "rot_range", "scale_range", "translate_std"}
-    _check_options(task, options, aug_keys | {"point_cloud_range", "fov_only"})
-    aug = T.PointPillarsAugment(**{k: options.pop(k) for k in aug_keys if k in options}) if train else None
-    return KittiDataset(root, split, train=train, augment=aug, seed=seed, **options)
-
+    aug = T.PointPillarsAugment(**_pick(options, ("flip_prob", "rot_range", "scale_range", "translate_std"))) \
+        if train else None
+    return KittiDataset(root, split, train=train, augment=aug, seed=seed,
+                        **_pick(options, ("point_cloud_range", "fov_only")))

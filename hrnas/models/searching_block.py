@@ -4,7 +4,8 @@ An inverted residual with one path per depthwise kernel size k ∈ {3, 5, 7}. Pa
 channels: 1×1 expand → BN → act → k×k depthwise (block stride) → BN → act. The BN after the depthwise
 conv holds the scale factors γ that the search penalises and shrinks. The paths' outputs are projected by
 1×1 convs, summed and normalised by one BN (linear bottleneck); the shortcut is the identity or a grouped
-1×1 conv. Any h_k may be 0 (the path is removed); with all of them 0 only the shortcut remains.
+1×1 conv. Any h_k may be 0 (the path is removed); with all of them 0 only the shortcut (plus a per-channel
+bias) remains.
 
 Computed efficiently: the three expand convs are one 1×1 conv to Σh_k channels (a per-channel BN after it
 is the same as one BN per path) and the three projections are one 1×1 conv over the concatenated hidden
@@ -87,6 +88,9 @@ class SearchingBlock(nn.Module):
             self.project_bn = norm.bn(oup)
         else:
             self.expand = self.expand_bn = self.dw = self.dw_bn = self.project = self.project_bn = None
+        # A block whose paths were all removed keeps the constant its projection BN produced (see
+        # hrnas.search.shrink); a freshly built one starts from 0.
+        self.bias = nn.Parameter(torch.zeros(oup)) if not total else None
         self.residual = stride == 1 and inp == oup
         self.shortcut = (nn.Identity() if self.residual else
                          nn.Conv2d(inp, oup, 1, stride, groups=math.gcd(inp, oup), bias=False))
@@ -123,6 +127,8 @@ class SearchingBlock(nn.Module):
         out = self.shortcut(x)
         if self.expand is not None:
             out = out + self.conv_features(x)
+        else:
+            out = out + self.bias.view(1, -1, 1, 1)
         if self.transformer is not None:
             out = out + self.transformer(x)
         if self.non_local is not None:

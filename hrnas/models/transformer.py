@@ -141,7 +141,7 @@ class LightweightTransformer(nn.Module):
         if self.training or self.token_mode != "channel" or self.input_norm.weight.is_meta:
             return None
         dead = self.input_norm.weight == 0
-        return dead if bool(dead.any()) else None
+        return dead if bool(dead.any()) and not bool(dead.all()) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape

@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from hrnas.data.common import atomic_directory
 from hrnas.errors import UserError
 
@@ -50,8 +52,9 @@ def _marker(name, preset, seed) -> dict:
     return {"dataset": name, "preset": preset, "seed": seed, "version": GENERATOR_VERSION}
 
 
-def make_dataset(name: str, out_dir, preset: str = "tiny", seed: int = 0) -> Path:
-    """Generate dataset `name` at `out_dir` (which must not exist or be empty); returns `out_dir`."""
+def make_dataset(name: str, out_dir, preset: str = "tiny", seed: int = 0, *, progress: bool = True) -> Path:
+    """Generate dataset `name` at `out_dir` (which must not exist or be empty); returns `out_dir`.
+    `progress` shows a tqdm bar (on stderr)."""
     _check(name, preset, seed)
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -59,7 +62,9 @@ def make_dataset(name: str, out_dir, preset: str = "tiny", seed: int = 0) -> Pat
     module = importlib.import_module(f"hrnas.data.synthetic.{name}")
     try:
         with atomic_directory(out) as tmp:
-            stats = module.generate(tmp, preset, seed)
+            with tqdm(total=module.num_samples(preset), desc=f"{name} ({preset})", unit="sample",
+                      disable=not progress, leave=False) as bar:
+                stats = module.generate(tmp, preset, seed, tick=lambda: bar.update(1))
             (tmp / MARKER).write_text(json.dumps(_marker(name, preset, seed), sort_keys=True) + "\n")
             (tmp / "README.md").write_text(_readme(name, preset, seed, module, stats))
     except FileExistsError:
@@ -78,7 +83,7 @@ def _readme(name, preset, seed, module, stats: dict) -> str:
     return "\n".join(lines)
 
 
-def ensure_dataset(name: str, preset: str = "tiny", seed: int = 0) -> Path:
+def ensure_dataset(name: str, preset: str = "tiny", seed: int = 0, *, progress: bool = True) -> Path:
     """Return `default_root(name, preset, seed)`, generating it first if it is missing or was made
     by another generator version. A folder there without the marker is never touched."""
     root = default_root(name, preset, seed)
@@ -93,7 +98,7 @@ def ensure_dataset(name: str, preset: str = "tiny", seed: int = 0) -> Path:
         os.rename(root, stale)  # outdated generated data: set aside, regenerate, then delete
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        return make_dataset(name, root, preset, seed)
+        return make_dataset(name, root, preset, seed, progress=progress)
     except UserError:
         if read_marker(root) == _marker(name, preset, seed):  # a concurrent process finished first
             return root

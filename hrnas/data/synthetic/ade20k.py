@@ -32,7 +32,12 @@ ADE_VALUE = {kind: {k: ade20k_id(v) for k, v in table.items()} for kind, table i
              (("street", _STREET), ("indoor", _INDOOR))}
 
 
-def generate(out: Path, preset: str, seed: int) -> dict:
+def num_samples(preset: str) -> int:
+    return PRESETS[preset]["train"] + PRESETS[preset]["val"]
+
+
+def generate(out: Path, preset: str, seed: int, tick=lambda: None) -> dict:
+    """Write the dataset into `out`; `tick()` is called once per sample (progress)."""
     cfg = PRESETS[preset]
     width, height = cfg["size"]
     base = out / "ADEChallengeData2016"
@@ -41,6 +46,7 @@ def generate(out: Path, preset: str, seed: int) -> dict:
     scenes = []
     for split, sub, prefix in (("train", "training", "ADE_train"), ("val", "validation", "ADE_val")):
         for i in range(cfg[split]):
+            tick()
             rng = sample_rng(seed, f"ade20k-{split}", i)
             indoor = i % 2 == 1
             scene = (paint_indoor if indoor else paint_street)(rng, width, height)

@@ -58,13 +58,19 @@ def write_frame(scene, rng, stem: str, img_dir: Path, gt_dir: Path) -> dict[int,
     return dict(zip(values.tolist(), counts.tolist()))
 
 
-def generate(out: Path, preset: str, seed: int) -> dict:
+def num_samples(preset: str) -> int:
+    return PRESETS[preset]["train"] + PRESETS[preset]["val"]
+
+
+def generate(out: Path, preset: str, seed: int, tick=lambda: None) -> dict:
+    """Write the dataset into `out`; `tick()` is called once per sample (progress)."""
     cfg = PRESETS[preset]
     width, height = cfg["size"]
     pixels = np.zeros(256, np.int64)
     for split in ("train", "val"):
         cities = CITIES[split]
         for i in range(cfg[split]):
+            tick()
             city = cities[i % len(cities)]
             stem = f"{city}_{i // len(cities):06d}_000019"
             rng = sample_rng(seed, f"cityscapes-{split}", i)

@@ -156,7 +156,12 @@ def _annotation(person, ann_id, image_id, width, height):
             "keypoints": person["keypoints"], "segmentation": segs}
 
 
-def generate(out: Path, preset: str, seed: int) -> dict:
+def num_samples(preset: str) -> int:
+    return PRESETS[preset]["train"] + PRESETS[preset]["val"]
+
+
+def generate(out: Path, preset: str, seed: int, tick=lambda: None) -> dict:
+    """Write the dataset into `out`; `tick()` is called once per sample (progress)."""
     cfg = PRESETS[preset]
     width, height = cfg["size"]
     stats = {}
@@ -164,6 +169,7 @@ def generate(out: Path, preset: str, seed: int) -> dict:
     for split in ("train", "val"):
         images, annotations = [], []
         for i in range(cfg[split]):
+            tick()
             image_id = IMAGE_ID_BASE[split] + i
             rng = sample_rng(seed, f"coco-{split}", i)
             rgb, people = render_image(rng, width, height)

@@ -89,7 +89,12 @@ def draw_sample(rng: np.random.Generator, cls: int, size_range) -> np.ndarray:
     return to_uint8(arr)
 
 
-def generate(out: Path, preset: str, seed: int) -> dict:
+def num_samples(preset: str) -> int:
+    return len(CLASSES) * (PRESETS[preset]["train"] + PRESETS[preset]["val"])
+
+
+def generate(out: Path, preset: str, seed: int, tick=lambda: None) -> dict:
+    """Write the dataset into `out`; `tick()` is called once per image (progress)."""
     cfg = PRESETS[preset]
     solution = io.StringIO()
     writer = csv.writer(solution, lineterminator="\n")
@@ -97,9 +102,11 @@ def generate(out: Path, preset: str, seed: int) -> dict:
     val_index = 1
     for c, wnid in enumerate(WNIDS):
         for i in range(cfg["train"]):
+            tick()
             rng = sample_rng(seed, f"imagenet-train-{c}", i)
             save_jpeg(draw_sample(rng, c, cfg["size"]), out / "train" / wnid / f"{wnid}_{i}.JPEG")
         for i in range(cfg["val"]):
+            tick()
             rng = sample_rng(seed, f"imagenet-val-{c}", i)
             arr = draw_sample(rng, c, cfg["size"])
             name = f"ILSVRC2012_val_{val_index:08d}"

@@ -197,7 +197,12 @@ def depth_image(points: np.ndarray, calib: Calibration) -> np.ndarray:
     return img
 
 
-def generate(out: Path, preset: str, seed: int) -> dict:
+def num_samples(preset: str) -> int:
+    return PRESETS[preset]["train"] + PRESETS[preset]["val"]
+
+
+def generate(out: Path, preset: str, seed: int, tick=lambda: None) -> dict:
+    """Write the dataset into `out`; `tick()` is called once per sample (progress)."""
     cfg = PRESETS[preset]
     calib = _calibration()
     base = out / "training"
@@ -208,6 +213,7 @@ def generate(out: Path, preset: str, seed: int) -> dict:
     frame = 0
     for split in ("train", "val"):
         for i in range(cfg[split]):
+            tick()
             rng = sample_rng(seed, f"kitti-{split}", i)
             objects, clutter = sample_scene(rng)
             points, owner, alone = scan(rng, objects, clutter, cfg["beams"], cfg["azimuth_step"])

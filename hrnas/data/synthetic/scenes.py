@@ -98,7 +98,7 @@ def paint_street(rng: np.random.Generator, width: int, height: int) -> Scene:
         x += bw
     sc.add("terrain", _rect(-1, yh, W + 1, H + 1), _jitter(rng, (115, 135, 70), 12))
 
-    for side, outer in (("left", outer_l), ("right", outer_r)):   # facades along the street
+    for outer in (outer_l, outer_r):              # facades along the street
         k = rng.uniform(0.02, 0.08)
         while k < 1.3:
             k2 = k * rng.uniform(1.4, 2.4)
@@ -195,9 +195,8 @@ def paint_street(rng: np.random.Generator, width: int, height: int) -> Scene:
                              wheel + (cx + bl / 2 - 0.35 * s, base - 0.35 * s)])
             hull = _convex_hull(np.vstack([pts, [(cx, base - bh), (cx + bl / 2 - 0.3 * s, base - bh * 1.05)]]))
             sc.add("bicycle", hull, _jitter(rng, (60, 20, 25), 15))
-            torso = _person_outline(cx, base - 0.75 * s, 1.1 * s, 0.55 * s)[:9]
-            torso += [(cx - 0.22 * s * 0.55, base - 0.75 * s + 0.1 * s)] + _person_outline(cx, base - 0.75 * s, 1.1 * s, 0.55 * s)[14:]
-            sc.add("rider", torso, _jitter(rng, rng.uniform(20, 230, 3), 5))
+            body = _person_outline(cx, base - 0.46 * s, 1.1 * s, 0.55 * s)   # hips on the saddle
+            sc.add("rider", body[:9] + body[14:], _jitter(rng, rng.uniform(20, 230, 3), 5))  # legs hidden
     if rng.random() < 0.35:                       # ego-vehicle hood (ignored)
         top = H * rng.uniform(0.9, 0.95)
         xs = np.linspace(-1, W + 1, 12)
