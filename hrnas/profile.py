@@ -1,9 +1,9 @@
 """Parameters and multiply-adds (MACs) of HR-NAS networks, per part, in two conventions.
 
-* ``true``: every convolution, linear layer and attention matmul, counted by PyTorch's own
-  ``torch.utils.flop_counter.FlopCounterMode`` (MACs = FLOPs / 2). On the CPU, PyTorch's flop counter
-  has no rule for the fused attention kernel ``_scaled_dot_product_flash_attention_for_cpu``; we
-  register the standard one (QKᵀ and AV), so attention is counted on every device.
+* ``true``: every convolution, linear layer and attention matmul (QKᵀ and AV). This equals PyTorch's
+  ``torch.utils.flop_counter.FlopCounterMode`` / 2 (tested); we count with forward hooks, which is much
+  faster. On the CPU, PyTorch's flop counter has no rule for the fused attention kernel
+  ``_scaled_dot_product_flash_attention_for_cpu``; importing this module registers the standard one.
 * ``hrnas``: the authors' profiler (``utils/model_profiling.py``; reference official-code.md §2.3, §5),
   which the paper's tables used: convolutions and linear layers exactly, the encoder attention as
   2·L·S·E + 4·L·E², the decoder attention not at all, each transformer FFN linear as L MACs; parameters
@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.utils import flop_counter
 
 from hrnas.errors import UserError
+from hrnas.models.attention import NonLocal
 from hrnas.models.transformer import Attention, LightweightTransformer
 
 CONVENTIONS = ("true", "hrnas")
@@ -98,8 +99,13 @@ def _hrnas_param_modules(model: nn.Module):
             yield name, module
 
 
-def profile(model: nn.Module, size: tuple[int, int], convention: str = "true") -> Profile:
-    """Params and MACs of ``model`` for one input of ``size`` = (H, W) (batch 1, eval mode)."""
+def profile(model: nn.Module, size: tuple[int, int], convention: str = "true", on_meta: bool = True) -> Profile:
+    """Params and MACs of ``model`` for one input of ``size`` = (H, W) (batch 1, eval mode).
+
+    ``on_meta`` (default) counts on a copy of the model on the meta device: no memory and no arithmetic,
+    but slow per operation (a few seconds). ``on_meta=False`` runs one real forward pass of the model
+    itself under ``no_grad`` (eval mode, restored afterwards): fast for small inputs.
+    """
     if convention not in CONVENTIONS:
         raise UserError(f"convention: unknown value '{convention}'; accepted: {', '.join(CONVENTIONS)}")
     net = getattr(model, "module", model)
@@ -107,42 +113,34 @@ def profile(model: nn.Module, size: tuple[int, int], convention: str = "true") -
     for name, p in net.named_parameters():
         parts[part_of(name)]["params"] += p.numel()
     params_all = sum(v["params"] for v in parts.values())
-    # Shapes are all that counting needs: run a copy on the meta device (no memory, no arithmetic).
-    net = copy.deepcopy(net).to("meta").eval()
-    x = torch.zeros(1, net.stem[0][0].in_channels, *size, device="meta", dtype=next(net.parameters()).dtype)
+    was_training = net.training
+    if on_meta:
+        net = copy.deepcopy(net).to("meta")
+    net.eval()
+    first = next(net.parameters())
+    x = torch.zeros(1, net.stem[0][0].in_channels, *size, device=first.device, dtype=first.dtype)
+    try:
+        return _count(net, x, size, convention, parts, params_all)
+    finally:
+        net.train(was_training)
+
+
+def _count(net, x, size, convention, parts, params_all) -> Profile:
     if convention == "true":
         params = params_all
-        with torch.no_grad(), flop_counter.FlopCounterMode(display=False, depth=None) as counter:
-            net(x)
-        _true_parts(counter, net, parts, type(net).__name__ + ".")
-        macs = counter.get_total_flops() // 2
     else:
         for part in parts.values():
             part["params"] = 0
         for name, module in _hrnas_param_modules(net):
             parts[part_of(name)]["params"] += sum(p.numel() for p in module.parameters(recurse=False))
         params = sum(v["params"] for v in parts.values())
-        macs = _hrnas_macs(net, x, parts)
+    macs = _hooked_macs(net, x, parts, convention)
     return Profile(size=tuple(size), convention=convention, params=params, macs=macs, params_all=params_all,
                    parts=parts)
 
 
-def _true_parts(counter, net: nn.Module, parts: dict, prefix: str) -> None:
-    counts = counter.get_flop_counts()
-    for name, _ in net.named_children():
-        children = [f"{name}.{i}" for i, _ in enumerate(getattr(net, name))] if name in ("fuse", "parallel") \
-            else [name]
-        for child in children:
-            total = sum(counts.get(prefix + child, {}).values())
-            parts[part_of(child)]["macs"] += total // 2
-    classifier = getattr(getattr(net, "head", None), "classifier", None)
-    if classifier is not None:
-        cls_macs = sum(counts.get(prefix + "head.classifier", {}).values()) // 2
-        parts["classifier"]["macs"] = cls_macs
-        parts["head"]["macs"] -= cls_macs
-
-
-def _hrnas_macs(net: nn.Module, x: torch.Tensor, parts: dict) -> int:
+def _hooked_macs(net: nn.Module, x: torch.Tensor, parts: dict, convention: str) -> int:
+    """One forward pass with hooks: convs and linears by their shapes, attention by its formula."""
     skip = _inside_transformer(net)
     hooks = []
 
@@ -154,12 +152,19 @@ def _hrnas_macs(net: nn.Module, x: torch.Tensor, parts: dict) -> int:
 
     def linear_hook(part):
         def hook(m, inp, out):
-            parts[part]["macs"] += m.in_features * m.out_features
+            rows = 1 if convention == "hrnas" else inp[0].numel() // m.in_features
+            parts[part]["macs"] += m.in_features * m.out_features * rows
         return hook
 
     def transformer_hook(part):
         def hook(m, inp, out):
-            parts[part]["macs"] += m.hrnas_attention_macs()
+            parts[part]["macs"] += m.hrnas_attention_macs() if convention == "hrnas" else m.attention_macs()
+        return hook
+
+    def nonlocal_hook(part):
+        def hook(m, inp, out):
+            if convention == "true":  # the authors' profiler has no rule for attention matmuls
+                parts[part]["macs"] += m.attention_macs(*inp[0].shape[-2:])
         return hook
 
     for name, module in net.named_modules():
@@ -170,6 +175,8 @@ def _hrnas_macs(net: nn.Module, x: torch.Tensor, parts: dict) -> int:
             hooks.append(module.register_forward_hook(linear_hook(part)))
         elif isinstance(module, LightweightTransformer):
             hooks.append(module.register_forward_hook(transformer_hook(part)))
+        elif isinstance(module, NonLocal):
+            hooks.append(module.register_forward_hook(nonlocal_hook(part)))
     try:
         with torch.no_grad():
             net(x)

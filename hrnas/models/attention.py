@@ -37,6 +37,11 @@ class NonLocal(nn.Module):
         self.norm = nn.BatchNorm2d(channels)
         nn.init.zeros_(self.norm.weight)  # starts as an identity block, as in Wang et al. 2018
 
+    def attention_macs(self, h: int, w: int) -> int:
+        """MACs of θφᵀ and its product with g for an h×w input (keys/values pooled 2×2)."""
+        keys = (-(-h // 2)) * (-(-w // 2)) if min(h, w) > 1 else h * w
+        return 2 * h * w * keys * self.theta.out_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q = self.theta(x).flatten(2).transpose(1, 2)

@@ -165,6 +165,12 @@ class LightweightTransformer(nn.Module):
         size = ((h + 1) // 2, (w + 1) // 2) if self.downsample else (h, w)  # = a stride-2 conv's output
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
+    def attention_macs(self) -> int:
+        """True MACs of the encoder/decoder layers (linears and the QKᵀ, AV matmuls), convs excluded."""
+        dim, length = self.token_shape(self.num_tokens)
+        layers = 2 if self.decoder is not None else 1
+        return layers * (6 * length * dim * dim + 2 * length * length * dim)
+
     def hrnas_attention_macs(self) -> int:
         """MACs the authors' profiler adds for the attention layers (official-code.md §2.3).
 

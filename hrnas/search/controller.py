@@ -63,7 +63,7 @@ class SearchController:
         self._geo_task = block_geometry(net, self.input_size)
         self._geo_cost = self._geo_task if self.cost_size == self.input_size else block_geometry(net, self.cost_size)
         self._normaliser = self._mean_unit_cost()
-        self._fixed_macs = profile(net, self.input_size).macs - self._variable_macs(self._geo_task)
+        self._fixed_macs = profile(net, self.input_size, on_meta=False).macs - self._variable_macs(self._geo_task)
 
     @staticmethod
     def _net(model):

@@ -7,7 +7,6 @@ one input size (the task's by default; the authors used 224×224 for every task)
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ def transformer_true_macs(t: LightweightTransformer, num_tokens: int) -> int:
     dim, length = t.token_shape(num_tokens)
     projections = s2 * num_tokens * (t.in_channels + 2) + s2 * num_tokens * t.out_channels
     layers = 2 if t.decoder is not None else 1
-    return projections + layers * (6 * length * dim * dim + 2 * length * length * dim)
+    return projections + layers * (6 * length * dim * dim + 2 * length * length * dim)  # = attention_macs
 
 
 @dataclass
@@ -36,19 +35,46 @@ class BlockGeometry:
         return self.inp * self.in_hw + kernel * kernel * self.out_hw + self.oup * self.out_hw
 
 
+def branch_sizes(size: tuple[int, int], branches: int = 4) -> list[tuple[int, int]]:
+    """Feature-map sizes of the branches: the stem's two stride-2 convs give 1/4, each branch halves."""
+    h, w = size
+    h, w = -(-(-(-h // 2)) // 2), -(-(-(-w // 2)) // 2)  # ceil(ceil(x/2)/2)
+    out = [(h, w)]
+    for _ in range(branches - 1):
+        h, w = -(-h // 2), -(-w // 2)
+        out.append((h, w))
+    return out
+
+
+def _levels(name: str) -> tuple[int, int]:
+    """(input branch, output branch) of a searching block, from its name (see ``hrnas.models.hrnet``)."""
+    module, _, rest = name.partition(".")
+    if module.startswith("fuse"):
+        if rest.startswith("new"):
+            b = int(rest[3:])
+            return b - 1, b
+        i, j = (int(v) for v in rest.split("_"))
+        return j, (i if j == i - 1 else j)  # the up path runs at the low resolution, then upsamples
+    if module.startswith("parallel"):
+        b = int(rest.split("_")[0])
+        return b, b
+    if rest == "transform":
+        return 0, 0
+    if rest.startswith("incre"):
+        b = int(rest[5:])
+        return b, b
+    if rest.startswith("down"):
+        b = int(rest[4:])
+        return b, b + 1
+    raise ValueError(f"unknown searching block name {name!r}")
+
+
 def block_geometry(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, BlockGeometry]:
-    """Input/output areas of every searching block for one input of ``size`` (meta-device pass)."""
-    net = copy.deepcopy(getattr(model, "module", model)).to("meta").eval()
-    geo: dict[str, BlockGeometry] = {}
-    hooks = []
-    for module in net.modules():
-        if isinstance(module, SearchingBlock):
-            def hook(m, inp, out):
-                x = inp[0]
-                geo[m.block_name] = BlockGeometry(m.inp, m.oup, x.shape[2] * x.shape[3], out.shape[2] * out.shape[3])
-            hooks.append(module.register_forward_hook(hook))
-    with torch.no_grad():
-        net(torch.zeros(1, net.stem[0][0].in_channels, *size, device="meta", dtype=next(net.parameters()).dtype))
-    for h in hooks:
-        h.remove()
+    """Input/output areas of every searching block for one input of ``size`` (from the block layout)."""
+    net = getattr(model, "module", model)
+    sizes = branch_sizes(size)
+    geo = {}
+    for name, block in net.searching_blocks():
+        i, o = _levels(name)
+        geo[name] = BlockGeometry(block.inp, block.oup, sizes[i][0] * sizes[i][1], sizes[o][0] * sizes[o][1])
     return geo
