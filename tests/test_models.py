@@ -82,7 +82,7 @@ def test_odd_input_size_runs():
     dict(attention="se"), dict(attention="nonlocal"), dict(act="swish"),
 ])
 def test_ablation_variants_train_step(variant):
-    model = build_model("cityscapes", **variant)
+    model = build_model("cityscapes", expand_ratio=1, **variant)
     x = torch.randn(2, 3, 64, 64)
     y = model(x)
     y.mean().backward()
