@@ -1,0 +1,729 @@
+"""The training loop shared by every task: search (L1 penalty + progressive shrinking) or retraining.
+
+Per iteration (official-code.md §3–§5): task loss (+ the coupled L2 term when ``optim.decay_mode: l2``,
++ λ(t)·resource-aware L1 on BN γ while searching) → NaN/inf guard → backward (AMP on CUDA) →
+optional gradient clipping → optimizer step → LR schedule step → EMA update. After the step: shrink
+when the search controller says so, evaluate every ``eval.interval`` epochs (EMA weights, BN
+re-calibration on training batches), log, and checkpoint every ``train.ckpt_interval`` epochs (both
+may be fractions of an epoch) and at the end.
+
+Determinism: the sampler, the DataLoader's worker seeds and the datasets' augmentation RNG are
+re-seeded from (seed, epoch) at the start of every epoch, evaluation runs under a saved/restored RNG
+state, and checkpoints hold every rank's RNG state, the optimizer state keyed by parameter name and
+the per-row accumulators. ``resume`` therefore continues bit-for-bit on the CPU (a mid-epoch resume
+replays the loader up to the checkpoint's position).
+
+Distributed (``torchrun``): DDP (gloo on CPU, NCCL + SyncBatchNorm on CUDA), DistributedSampler for
+training, un-padded shards for evaluation, metrics reduced by the tasks, rank 0 writes. DDP is rebuilt
+after every shrink (its buckets are fixed at construction).
+
+Run directory: ``steps.jsonl`` (every ``train.log_interval`` steps), ``metrics.jsonl`` and
+``metrics.csv`` (a row per epoch and per evaluation), ``run.json``, ``arch.json`` (the exported
+architecture), ``ckpt_<step>.pt`` (the latest checkpoint only), task outputs (KITTI result files,
+COCO keypoint results).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+import hrnas
+from hrnas.data.common import AugmentationRNG
+from hrnas.engine import distributed as D
+from hrnas.engine.checkpoint import (checkpoint_path, find_latest, get_rng_state, load_checkpoint, save_checkpoint,
+                                     set_rng_state)
+from hrnas.engine.ema import ModelEMA
+from hrnas.engine.optim import build_optimizer_from_config, l2_penalty
+from hrnas.engine.schedule import build_scheduler_from_config
+from hrnas.errors import UserError
+
+__all__ = ["Trainer", "NonFiniteLoss", "ShardSampler", "bn_calibrate", "evaluate_model", "optimizer_state_by_name",
+           "load_optimizer_state_by_name", "RunLog", "calibration_seed", "reseed_augmentation", "write_json_atomic"]
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN/inf; training stopped before the update (the last checkpoint is intact)."""
+
+
+# ------------------------------------------------------------------------------------- helpers
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world, ...`` of a dataset: every sample exactly once over all ranks
+    (evaluation must not see DistributedSampler's padding duplicates)."""
+
+    def __init__(self, length: int, rank: int = 0, world: int = 1):
+        self.indices = list(range(rank, length, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def reseed_augmentation(dataset, seed: int) -> None:
+    """Give ``dataset`` a fresh augmentation RNG seeded with ``seed`` (the data module's datasets keep
+    theirs in ``.rng``, an :class:`~hrnas.data.common.AugmentationRNG` that otherwise runs on across
+    epochs in the main process, so an epoch could not be replayed after a resume)."""
+    if isinstance(getattr(dataset, "rng", None), AugmentationRNG):
+        dataset.rng = AugmentationRNG(seed)
+
+
+class _PrefixedShadow(MutableMapping):
+    """A view of an EMA's shadow dict whose keys carry ``prefix`` (the searched backbone of a detector).
+    It looks the dict up on every access: ``ModelEMA.load_state_dict`` replaces it."""
+
+    def __init__(self, ema: ModelEMA, prefix: str):
+        self.ema, self.prefix = ema, prefix
+
+    def __getitem__(self, key):
+        return self.ema.shadow[self.prefix + key]
+
+    def __setitem__(self, key, value):
+        self.ema.shadow[self.prefix + key] = value
+
+    def __delitem__(self, key):
+        del self.ema.shadow[self.prefix + key]
+
+    def __iter__(self):
+        n = len(self.prefix)
+        return (k[n:] for k in list(self.ema.shadow) if k.startswith(self.prefix))
+
+    def __len__(self):
+        return sum(1 for k in self.ema.shadow if k.startswith(self.prefix))
+
+
+class _EMAView:
+    """What the search controller needs of the EMA (``.shadow``), with names relative to a submodule."""
+
+    def __init__(self, ema: ModelEMA, prefix: str):
+        self.shadow = _PrefixedShadow(ema, prefix)
+
+
+def _module_prefix(root: nn.Module, sub: nn.Module) -> str:
+    if sub is root:
+        return ""
+    for name, module in root.named_modules():
+        if module is sub:
+            return name + "."
+    raise ValueError("the searchable network is not a submodule of the model")
+
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer, net: nn.Module) -> dict:
+    """The optimizer state with parameters named instead of numbered, so that it reloads into a
+    network rebuilt from its architecture spec (whose parameter order may differ after shrinking)."""
+    names = {id(p): n for n, p in net.named_parameters()}
+    sd = optimizer.state_dict()
+    flat = [p for g in optimizer.param_groups for p in g["params"]]
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+              for g in optimizer.param_groups]
+    return {"groups": groups, "state": {names[id(flat[i])]: s for i, s in sd["state"].items()}}
+
+
+def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, net: nn.Module, saved: dict) -> None:
+    """Inverse of :func:`optimizer_state_by_name` for a freshly built optimizer over ``net``."""
+    params = dict(net.named_parameters())
+    if len(saved["groups"]) != len(optimizer.param_groups):
+        raise UserError(f"checkpoint optimizer has {len(saved['groups'])} parameter groups, the recipe builds "
+                        f"{len(optimizer.param_groups)}")
+    missing = [n for g in saved["groups"] for n in g["params"] if n not in params]
+    if missing:
+        raise UserError(f"checkpoint optimizer names parameter {missing[0]!r}, which the network lacks")
+    index, flat = {}, []
+    for group, saved_group in zip(optimizer.param_groups, saved["groups"]):
+        group["params"] = [params[n] for n in saved_group["params"]]
+        for n in saved_group["params"]:
+            index[n] = len(flat)
+            flat.append(n)
+    optimizer.load_state_dict({
+        "state": {index[n]: s for n, s in saved["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in saved["groups"]]})
+
+
+@torch.no_grad()
+def bn_calibrate(model: nn.Module, loader, batches: int, task, device, channels_last: bool) -> int:
+    """Re-estimate every BatchNorm's running statistics (official-code.md §5 ``bn_calibration``):
+    reset them, use a cumulative average (momentum None) over ``batches`` training batches in train
+    mode, then average the statistics over ranks. Returns the number of batches used."""
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    used = 0
+    for batch in loader:
+        if used >= batches:
+            break
+        task.calib_forward(model, task.to_device(batch, device, channels_last))
+        used += 1
+    if D.is_dist():
+        for bn in bns:
+            for t in (bn.running_mean, bn.running_var):
+                D.all_reduce_sum(t).div_(D.world_size())
+    model.eval()
+    return used
+
+
+def evaluate_model(task, model: nn.Module, cfg: dict, *, val_loader, calib_loader, device, channels_last: bool,
+                   calib_seed: int = 0, out_dir=None, progress: bool = False, copy_model: bool = True) -> dict:
+    """Evaluate ``model`` (BN re-calibration when ``eval.bn_calib_batches`` > 0, on batches drawn with
+    ``calib_seed``, then ``task.evaluate``). The caller's RNG state is left untouched, and so is the
+    model unless ``copy_model=False`` (then its BN statistics are re-estimated in place)."""
+    rng = get_rng_state()
+    try:
+        model = task.prepare_eval_model(copy.deepcopy(model) if copy_model else model)
+        calib = cfg["eval"]["bn_calib_batches"]
+        if calib > 0 and calib_loader is not None:
+            torch.manual_seed(calib_seed)  # dropout / pillar shuffling in the train-mode passes
+            calib_loader.sampler.set_epoch(calib_seed)
+            calib_loader.generator.manual_seed(calib_seed)
+            reseed_augmentation(calib_loader.dataset, calib_seed)
+            bn_calibrate(model, calib_loader, calib, task, device, channels_last)
+        model.eval()
+        return task.evaluate(model, val_loader, device, channels_last, out_dir=out_dir, progress=progress)
+    finally:
+        set_rng_state(rng)
+
+
+def write_json_atomic(path, obj) -> Path:
+    """JSON via a temporary file in the same folder + ``os.replace``."""
+    return _write_text_atomic(Path(path), json.dumps(obj, indent=1, default=_json_default) + "\n")
+
+
+def _write_text_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class RunLog:
+    """The run directory's logs: ``steps.jsonl`` (step losses), ``metrics.jsonl`` + ``metrics.csv``
+    (epoch / evaluation rows). ``truncate(step)`` drops rows written after a checkpoint's step
+    (resume); the CSV is regenerated from the JSONL (atomically) after every row."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.dir, self.enabled = Path(run_dir), enabled
+        self.steps, self.metrics, self.csv = (self.dir / "steps.jsonl", self.dir / "metrics.jsonl",
+                                              self.dir / "metrics.csv")
+
+    def truncate(self, step: int) -> None:
+        if not self.enabled:
+            return
+        for path in (self.steps, self.metrics):
+            rows = [r for r in self._read(path) if r["step"] <= step]
+            _write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        self._write_csv()
+
+    @staticmethod
+    def _read(path: Path) -> list[dict]:
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def log_step(self, row: dict) -> None:
+        self._append(self.steps, row)
+
+    def log_row(self, row: dict) -> None:
+        self._append(self.metrics, row)
+        self._write_csv()
+
+    def _append(self, path: Path, row: dict) -> None:
+        if self.enabled:
+            with open(path, "a") as fh:
+                fh.write(json.dumps(row, default=_json_default) + "\n")
+
+    def _write_csv(self) -> None:
+        rows = self._read(self.metrics)
+        cols: list[str] = []
+        for r in rows:
+            cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (list, dict))]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_text_atomic(self.csv, buf.getvalue())
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(hrnas.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    import torchvision
+
+    return {"hrnas": hrnas.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__}
+
+
+def _steps(epochs: float, steps_per_epoch: int, key: str) -> int:
+    if not epochs > 0:
+        raise UserError(f"{key}={epochs} must be > 0 (epochs)")
+    return max(1, int(round(epochs * steps_per_epoch)))
+
+
+# ------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """One search or retraining run of ``task`` (a :class:`hrnas.tasks.base.Task`) with recipe ``cfg``.
+
+    Args:
+        run_dir: output folder (rank 0 writes).
+        data_root: dataset folder (real or generated).
+        arch: architecture spec to (re)train; ``None`` = the super network.
+        search: apply the L1 penalty and progressive shrinking (``hrnas search``).
+        resume_from: a loaded checkpoint of this run to continue from.
+        progress: tqdm bars and one line per evaluation on rank 0.
+        meta: extra fields for ``run.json`` (mode, data root, overrides, synthetic marker).
+    """
+
+    def __init__(self, task, cfg: dict, run_dir, *, data_root, arch: dict | None = None, search: bool = True,
+                 resume_from: dict | None = None, progress: bool = True, meta: dict | None = None):
+        self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
+        self.search = search and cfg["search"]["enabled"]
+        self.meta = dict(meta or {})
+        info = D.init_distributed()
+        self.device, self.rank, self.world = info.device, info.rank, info.world_size
+        self.cuda = self.device.type == "cuda"
+        t = cfg["train"]
+        self.progress = progress and t["progress"] and D.is_main()
+        self.amp = bool(t["amp"]) and self.cuda
+        self.channels_last = bool(t["channels_last"]) or not self.cuda
+        self.seed = int(t["seed"])
+        D.seed_everything(self.seed, self.rank)
+        self._build_data(Path(data_root))
+        self.log = RunLog(self.run_dir, D.is_main())
+
+        if resume_from is not None:
+            arch = resume_from["arch"]
+        self.net = task.build_model(arch).to(self.device)
+        if self.cuda and self.world > 1:
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        self._to_memory_format()
+        self.searchable = task.searchable(self.net)
+        self.optimizer = build_optimizer_from_config(self.net, cfg)
+        self.scheduler = build_scheduler_from_config(self.optimizer, cfg, total_steps=self.total_steps,
+                                                     steps_per_epoch=self.steps_per_epoch)
+        self.ema = ModelEMA.from_config(self.net, cfg) if cfg["ema"]["enabled"] else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.controller = None
+        if self.search:
+            from hrnas.search import SearchController
+
+            self.controller = SearchController(self.searchable, cfg["search"], input_size=task.input_size(),
+                                               steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+        self.ema_view = None if self.ema is None else _EMAView(self.ema, _module_prefix(self.net, self.searchable))
+        self.step, self.elapsed = 0, 0.0
+        self.best: dict | None = None
+        self.last_metrics: dict = {}
+        self.acc = self._zero_acc()
+        self.last_ckpt: Path | None = None
+        self._eval_net: nn.Module | None = None
+        if resume_from is not None:
+            self._restore(resume_from)
+        elif D.is_main():
+            self.log.truncate(0)
+        self._wrap()
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def _build_data(self, root: Path) -> None:
+        from hrnas.data import build_loader
+
+        cfg, task = self.cfg, self.task
+        gb = cfg["data"]["batch_size"]
+        if gb < 1 or gb % self.world:
+            raise UserError(f"data.batch_size={gb} must be a positive multiple of the number of processes "
+                            f"({self.world})")
+        self.batch = gb // self.world
+        workers = cfg["data"]["num_workers"]
+        if workers < 0:
+            raise UserError(f"data.num_workers={workers} must be >= 0")
+        self.train_ds = task.train_dataset(root, seed=self.seed)
+        if len(self.train_ds) < gb:
+            raise UserError(f"{root}: the training split has {len(self.train_ds)} samples, fewer than "
+                            f"data.batch_size={gb}")
+        self.train_sampler = DistributedSampler(self.train_ds, num_replicas=self.world, rank=self.rank,
+                                                shuffle=True, seed=self.seed, drop_last=True)
+        self.train_loader = build_loader(self.train_ds, task.name, batch_size=self.batch, shuffle=False,
+                                         sampler=self.train_sampler, num_workers=workers, seed=self.seed,
+                                         drop_last=True, pin_memory=self.cuda)
+        self.steps_per_epoch = len(self.train_loader)
+        t = cfg["train"]
+        total = int(math.ceil(t["epochs"] * self.steps_per_epoch))
+        if t["max_steps"] is not None:
+            if t["max_steps"] < 1:
+                raise UserError(f"train.max_steps={t['max_steps']} must be >= 1 (or null)")
+            total = min(total, t["max_steps"])
+        if total < 1:
+            raise UserError(f"train.epochs={t['epochs']} gives no training step")
+        self.total_steps = total
+        self.eval_every = _steps(cfg["eval"]["interval"], self.steps_per_epoch, "eval.interval")
+        self.ckpt_every = _steps(t["ckpt_interval"], self.steps_per_epoch, "train.ckpt_interval")
+        if t["log_interval"] < 1:
+            raise UserError(f"train.log_interval={t['log_interval']} must be >= 1")
+        if t["grad_clip"] is not None and not t["grad_clip"] > 0:
+            raise UserError(f"train.grad_clip={t['grad_clip']} must be > 0 (or null)")
+        self.val_ds = task.val_dataset(root)
+        self.val_loader = build_loader(self.val_ds, task.name, batch_size=task_eval_batch(task, self.batch),
+                                       shuffle=False, sampler=ShardSampler(len(self.val_ds), self.rank, self.world),
+                                       num_workers=workers, seed=self.seed, pin_memory=self.cuda)
+        self.calib_loader = build_calib_loader(task, cfg, root, self.seed, self.rank, self.world, self.cuda)
+
+    def _to_memory_format(self) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def _wrap(self) -> None:
+        """(Re)wrap the network in DDP (after construction and after every shrink)."""
+        self.model = self.net
+        if self.world > 1:
+            # channels_last 1×1 weights have size-1 strides that differ from their grads': harmless
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.model = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.cuda else None)
+
+    @staticmethod
+    def _zero_acc() -> dict:
+        return {"n": 0, "loss": 0.0, "task_loss": 0.0, "t0": None}
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        from hrnas.models import spec_of
+
+        rngs = _gather(get_rng_state())
+        if not D.is_main():
+            return
+        path = checkpoint_path(self.run_dir, self.step)
+        save_checkpoint(
+            path, task=self.task.name, step=self.step, epoch=self.step // self.steps_per_epoch,
+            total_steps=self.total_steps, arch=spec_of(self.searchable), config=self.cfg,
+            model=self.net.state_dict(), optimizer=optimizer_state_by_name(self.optimizer, self.net),
+            scheduler=self.scheduler.state_dict(), ema=self.ema.state_dict() if self.ema else None,
+            search=self.controller.state_dict() if self.controller else None,
+            scaler=self.scaler.state_dict(), rng_ranks=rngs, best=self.best, last_metrics=self.last_metrics,
+            acc={k: v for k, v in self.acc.items() if k != "t0"}, elapsed=self.elapsed + self._session(),
+            meta=self.meta)
+        for old in self.run_dir.glob("ckpt_*.pt"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        self.last_ckpt = path
+
+    def _restore(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["model"])
+        load_optimizer_state_by_name(self.optimizer, self.net, ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+        if self.controller is not None and ckpt.get("search"):
+            self.controller.load_state_dict(ckpt["search"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        self.best, self.last_metrics = ckpt.get("best"), ckpt.get("last_metrics") or {}
+        self.acc = {**self._zero_acc(), **ckpt["acc"]}
+        self.elapsed = float(ckpt.get("elapsed", 0.0))
+        rngs = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        set_rng_state(rngs[self.rank] if len(rngs) == self.world else ckpt["rng"])
+        self.last_ckpt = find_latest(self.run_dir)
+        self.log.truncate(self.step)
+
+    # ---- loop ------------------------------------------------------------------------------------
+    def _session(self) -> float:
+        return time.perf_counter() - self._t_start if hasattr(self, "_t_start") else 0.0
+
+    def _start_epoch(self, epoch: int) -> None:
+        self.train_sampler.set_epoch(epoch)
+        reseed_augmentation(self.train_ds, (self.seed * 1_000_003 + epoch) * 64 + self.rank)
+        self.train_loader.generator.manual_seed(self.seed * 1_000_003 + epoch)
+
+    def _train_step(self, batch, step: int) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        batch = self.task.to_device(batch, self.device, self.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            task_loss, extra = self.task.loss(self.model, batch)
+        task_loss = task_loss.float()
+        loss = task_loss
+        logs = {}
+        if cfg["optim"]["decay_mode"] == "l2" and cfg["optim"]["weight_decay"] > 0:
+            l2 = l2_penalty(self.net, cfg["optim"]["weight_decay"])
+            loss = loss + l2
+            logs["l2"] = float(l2.detach())
+        if self.controller is not None:
+            penalty = self.controller.penalty(self.searchable, step - 1)
+            loss = loss + penalty
+            logs["penalty"] = float(penalty.detach())
+            logs["rho"] = self.controller.rho_at(step - 1)
+        bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=self.device)
+        if float(D.all_reduce_sum(bad)) > 0:
+            where = str(self.last_ckpt) if self.last_ckpt else "none (no checkpoint was written yet)"
+            raise NonFiniteLoss(f"step {step}: the loss is {float(loss.detach()):g} (task loss {float(task_loss.detach()):g}) on at "
+                                f"least one process; training stopped before this update; last good checkpoint: "
+                                f"{where}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg["train"]["grad_clip"] is not None:
+            self.scaler.unscale_(self.optimizer)
+            logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.net.parameters(), cfg["train"]["grad_clip"]))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.net)
+        return {"loss": float(loss.detach()), "task_loss": float(task_loss.detach()), "lr": lr, **logs, **extra}
+
+    def evaluate(self) -> dict:
+        """Metrics of the current network (EMA weights when ``eval.use_ema``), evaluated on a copy that
+        is kept between evaluations (deep-copying the network is slow) and rebuilt after a shrink."""
+        if self._eval_net is None:
+            self._eval_net = copy.deepcopy(self.net)
+        if self.cfg["eval"]["use_ema"] and self.ema is not None:
+            self.ema.copy_to(self._eval_net)
+        else:
+            self._eval_net.load_state_dict(self.net.state_dict())
+        return evaluate_model(self.task, self._eval_net, self.cfg, val_loader=self.val_loader,
+                              calib_loader=self.calib_loader, device=self.device, channels_last=self.channels_last,
+                              calib_seed=calibration_seed(self.cfg, self.step), out_dir=self.run_dir if D.is_main() else None,
+                              progress=self.progress, copy_model=False)
+
+    def _after_shrink(self, report: dict) -> None:
+        self._eval_net = None
+        self._to_memory_format()  # shrinking slices tensors into the default layout
+        self._wrap()
+        if self.progress:
+            tqdm.write(f"[step {report['step']}] shrink: -{report['removed_channels']} channels, "
+                       f"-{report['removed_tokens']} tokens -> {report['macs'] / 1e6:.1f} MMACs "
+                       f"(at {'x'.join(map(str, self.task.input_size()))})")
+
+    def _row(self, step: int, metrics: dict | None, shrink: dict | None) -> dict:
+        acc = self.acc
+        row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        if acc["n"]:
+            row["train_loss"] = acc["loss"] / acc["n"]
+            row["train_task_loss"] = acc["task_loss"] / acc["n"]
+        if self.controller is not None:
+            row["rho"] = self.controller.rho_at(step)
+            row["macs"] = self.controller.macs()
+        row["params"] = sum(p.numel() for p in self.searchable.parameters())
+        if shrink:
+            row["removed_channels"] = shrink["removed_channels"]
+            row["removed_tokens"] = shrink["removed_tokens"]
+        row["time_s"] = round(self.elapsed + self._session(), 2)
+        if metrics:
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+        return row
+
+    def fit(self) -> dict:
+        """Run (or continue) the training; returns ``{"metrics", "best", "steps", "wall_time_s", "profile", ...}``."""
+        self._t_start = time.perf_counter()
+        if D.is_main():
+            write_json_atomic(self.run_dir / "run.json", self._run_record("running"))
+        try:
+            self._loop()
+        except NonFiniteLoss as err:
+            if D.is_main():
+                write_json_atomic(self.run_dir / "run.json", self._run_record(f"failed: {err}"))
+            raise
+        return self._finish()
+
+    def _loop(self) -> None:
+        total, spe, log_every = self.total_steps, self.steps_per_epoch, self.cfg["train"]["log_interval"]
+        bar = tqdm(total=total, initial=self.step, desc=f"{self.meta.get('mode', 'train')} {self.task.name}",
+                   disable=not self.progress, dynamic_ncols=True)
+        try:
+            while self.step < total:
+                epoch = self.step // spe
+                self._start_epoch(epoch)
+                it = iter(self.train_loader)
+                for _ in range(self.step - epoch * spe):  # mid-epoch resume: replay up to the checkpoint
+                    next(it)
+                for batch in it:
+                    if self.step >= total:
+                        break
+                    step = self.step + 1
+                    logs = self._train_step(batch, step)
+                    self.step = step
+                    self.acc["n"] += 1
+                    self.acc["loss"] += logs["loss"]
+                    self.acc["task_loss"] += logs["task_loss"]
+                    if step % log_every == 0 or step == total:
+                        self.log.log_step({"step": step, **logs})
+                        bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                    bar.update(1)
+                    self._end_of_step(step)
+        finally:
+            bar.close()
+
+    def _end_of_step(self, step: int) -> None:
+        total = self.total_steps
+        shrink = None
+        if self.controller is not None:
+            shrink = self.controller.maybe_shrink(self.searchable, step, optimizer=self.optimizer, ema=self.ema_view,
+                                                  final=step == total)
+            if shrink:
+                self._after_shrink(shrink)
+        metrics = None
+        if step % self.eval_every == 0 or step == total:
+            metrics = self.evaluate()
+            self.last_metrics = {"step": step, **metrics}
+            self._track_best(step, metrics)
+        if metrics is not None or shrink is not None or step % self.steps_per_epoch == 0 or step == total:
+            self.log.log_row(self._row(step, metrics, shrink))
+            self.acc = self._zero_acc()
+        if step % self.ckpt_every == 0 or step == total:
+            self._checkpoint()
+
+    def _track_best(self, step: int, metrics: dict) -> None:
+        from hrnas.models import spec_of
+
+        name = metrics["main"]
+        value = metrics[name]
+        if self.progress:
+            macs = f", {self.controller.macs() / 1e6:.1f} MMACs" if self.controller else ""
+            tqdm.write(f"[step {step}/{self.total_steps}] {name} = {value:.4f}{macs}")
+        if self.best is None or not value < self.best["value"]:  # ties: the later (smaller) network
+            self.best = {"step": step, "metric": name, "value": value, "arch": spec_of(self.searchable)}
+
+    # ---- end -------------------------------------------------------------------------------------
+    def exported_arch(self) -> dict:
+        """The architecture this run exports: the best-validation one (``search.export: best_val``,
+        the authors' ``best_model.json``) or the final one."""
+        from hrnas.models import spec_of
+
+        if self.search and self.cfg["search"]["export"] == "best_val" and self.best is not None:
+            return self.best["arch"]
+        return spec_of(self.searchable)
+
+    def _profile(self, arch: dict) -> dict:
+        """Params and MACs of the exported network and of its super network at the task's paper size."""
+        from hrnas.models import PAPER_SIZES
+
+        size = PAPER_SIZES[self.task.name]
+        searched = _profile_arch(arch, size)
+        supernet = _profile_arch({"task": arch["task"], "model": arch["model"]}, size)
+        return {"size": f"{size[0]}x{size[1]}", "convention": "true", "macs": searched.macs,
+                "params": searched.params, "supernet_macs": supernet.macs, "supernet_params": supernet.params,
+                "macs_ratio": searched.macs / supernet.macs, "params_ratio": searched.params / supernet.params}
+
+    def _run_record(self, status: str, **extra) -> dict:
+        return {"status": status, "task": self.task.name, **self.meta, "preset": self.cfg["preset"],
+                "world_size": self.world, "device": str(self.device), "versions": _versions(),
+                "git_commit": _git_commit(), "config": self.cfg, "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps, "step": self.step, **extra}
+
+    def _finish(self) -> dict:
+        from hrnas.models import save_arch, spec_of
+
+        arch = self.exported_arch()
+        prof = self._profile(arch)
+        wall = round(self.elapsed + self._session(), 2)
+        best = None if self.best is None else {k: v for k, v in self.best.items() if k != "arch"}
+        metrics = {k: v for k, v in self.last_metrics.items() if k != "step"}
+        result = {"metrics": metrics, "best": best, "steps": self.step, "wall_time_s": wall, "profile": prof,
+                  "run_dir": str(self.run_dir)}
+        if D.is_main():
+            save_arch(arch, self.run_dir / "arch.json")
+            history = self.controller.history if self.controller else []
+            write_json_atomic(self.run_dir / "run.json", self._run_record(
+                "finished", wall_time_s=wall, metrics=metrics, best=best, profile=prof, arch=arch,
+                final_arch=spec_of(self.searchable), shrink_history=history))
+        D.barrier()
+        return result
+
+
+def calibration_seed(cfg: dict, step: int) -> int:
+    """Seed of the BN re-calibration batches of the evaluation at ``step`` (so that ``hrnas eval`` of a
+    checkpoint reproduces the run's own evaluation)."""
+    return int(cfg["train"]["seed"]) * 1_000_003 + int(step)
+
+
+def task_eval_batch(task, train_batch: int) -> int:
+    """Per-process evaluation batch: 1 for segmentation (whole images of any size, as the authors),
+    the training batch otherwise."""
+    from hrnas.tasks.segmentation import SegmentationTask
+
+    return 1 if isinstance(task, SegmentationTask) else train_batch
+
+
+def build_calib_loader(task, cfg: dict, root, seed: int, rank: int, world: int, cuda: bool):
+    """Loader of training batches for BN re-calibration (its own dataset and seeds, so calibrating
+    never disturbs the training data stream); ``None`` when ``eval.bn_calib_batches`` is 0."""
+    from hrnas.data import build_loader
+
+    e = cfg["eval"]
+    if e["bn_calib_batches"] < 0:
+        raise UserError(f"eval.bn_calib_batches={e['bn_calib_batches']} must be >= 0")
+    if e["bn_calib_batches"] == 0:
+        return None
+    if e["bn_calib_batch_size"] < world:
+        raise UserError(f"eval.bn_calib_batch_size={e['bn_calib_batch_size']} must be >= the number of processes")
+    ds = task.train_dataset(root, seed=seed + 7919)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed + 7919, drop_last=False)
+    return build_loader(ds, task.name, batch_size=e["bn_calib_batch_size"] // world, shuffle=False, sampler=sampler,
+                        num_workers=cfg["data"]["num_workers"], seed=seed + 7919, pin_memory=cuda)
+
+
+_PROFILES: dict[str, object] = {}
+
+
+def _profile_arch(arch: dict, size) -> object:
+    """``hrnas.profile`` of an architecture spec (or, without "blocks", of its super network), by one real
+    batch-1 forward on the CPU; cached per process (a search and its retraining share the super network)."""
+    from hrnas.models import build_model
+    from hrnas.profile import profile
+
+    key = json.dumps([arch, list(size)], sort_keys=True)
+    if key not in _PROFILES:
+        net = build_model(arch=arch) if "blocks" in arch else build_model(arch["task"], **arch["model"])
+        _PROFILES[key] = profile(net, size, on_meta=False)
+    return _PROFILES[key]
+
+
+def _gather(obj) -> list:
+    if not D.is_dist():
+        return [obj]
+    out = [None] * D.world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out

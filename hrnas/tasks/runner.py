@@ -1,0 +1,201 @@
+"""What ``hrnas search | train | eval | export`` run: :func:`run_experiment`, :func:`evaluate_checkpoint`,
+:func:`export_arch`.
+
+Data: ``--data-root`` (or the recipe's ``data.root``); without it the embedded synthetic dataset is
+generated on first use (``smoke`` data for the smoke preset, ``tiny`` data for tiny); the ``paper``
+preset refuses to run on synthetic data. ``--resume`` continues from the run directory's latest
+checkpoint with the configuration stored there (given overrides must agree with it).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from hrnas.engine import distributed as D
+from hrnas.engine.checkpoint import find_latest, load_checkpoint
+from hrnas.engine.config import flatten, load_config
+from hrnas.errors import UserError
+from hrnas.tasks import get_task
+
+MODES = ("search", "train")
+
+
+def resolve_data_root(task: str, preset: str, data_root) -> Path:
+    """The dataset folder: the given one, or the embedded synthetic data for smoke/tiny."""
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise UserError(f"--data-root {root} is not a directory")
+        return root
+    if preset == "paper":
+        raise UserError(f"--preset paper needs the real {task} dataset: give --data-root DIR (the embedded "
+                        f"synthetic data is only for the tiny and smoke presets)")
+    from hrnas.data import ensure_dataset
+
+    if D.is_dist():  # one process generates, the others wait and reuse it
+        root = ensure_dataset(task, preset) if D.is_main() else None
+        D.barrier()
+        return ensure_dataset(task, preset) if root is None else root
+    return ensure_dataset(task, preset)
+
+
+def _check_search_values(cfg: dict) -> None:
+    s = cfg["search"]
+    for key in ("rho", "threshold", "min_removable_macs"):
+        value = s[key]
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise UserError(f"search.{key}={value} must be a finite number >= 0")
+
+
+def _synthetic_marker(root: Path) -> dict | None:
+    from hrnas.data.synthetic import read_marker
+
+    return read_marker(root)
+
+
+def _resume_checkpoint(out: Path, task: str, cfg: dict) -> dict:
+    path = find_latest(out)
+    if path is None:
+        raise UserError(f"--resume: no checkpoint (ckpt_*.pt) in {out}")
+    ckpt = load_checkpoint(path)
+    if ckpt.get("task") != task:
+        raise UserError(f"--resume: {path} is a {ckpt.get('task')} checkpoint, not {task}")
+    stored = ckpt["config"]
+    if stored.get("preset") != cfg["preset"]:
+        raise UserError(f"--resume: --preset {cfg['preset']} differs from the run's preset {stored.get('preset')} "
+                        f"({path})")
+    given = flatten(cfg)
+    for key, value in flatten(stored).items():
+        if key not in ("train.progress",) and given.get(key) != value:
+            raise UserError(f"--resume: {key}={given.get(key)!r} differs from the run's {value!r} ({path}); "
+                            f"resume with the run's settings")
+    return ckpt
+
+
+def run_experiment(task: str, mode: str = "search", out=None, data_root=None, preset: str = "tiny",
+                   overrides=(), arch=None, resume: bool = False, progress: bool = True) -> dict:
+    """Search (``mode="search"``: the super network with the L1 penalty and progressive shrinking) or
+    retrain (``mode="train"``: the architecture ``arch`` from scratch, search disabled) ``task`` into run
+    directory ``out``. Returns ``{"metrics", "best", "steps", "wall_time_s", "profile", "run_dir"}``."""
+    from hrnas.engine.trainer import Trainer
+
+    if mode not in MODES:
+        raise UserError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if out is None:
+        raise UserError("--out RUN_DIR is required")
+    out = Path(out).expanduser()
+    overrides = list(overrides or ())
+    cfg = load_config(task, preset, overrides)
+    _check_search_values(cfg)
+    spec = None
+    if mode == "train":
+        if arch is None:
+            raise UserError("hrnas train needs --arch FILE.json (from `hrnas export`)")
+        from hrnas.models import load_arch, validate_arch
+
+        spec = load_arch(arch) if isinstance(arch, (str, Path)) else arch
+        validate_arch(spec, task, str(arch) if isinstance(arch, (str, Path)) else "arch")
+        cfg["search"]["enabled"] = False
+    elif arch is not None:
+        raise UserError("--arch: hrnas search starts from the super network; use hrnas train to retrain an arch")
+    ckpt = None
+    if resume:
+        ckpt = _resume_checkpoint(out, task, cfg)
+        cfg = ckpt["config"]
+    elif find_latest(out) is not None:
+        raise UserError(f"--out {out} already holds a run (ckpt_*.pt); add --resume to continue it or choose "
+                        f"another folder")
+    root = resolve_data_root(task, preset, data_root if data_root is not None else cfg["data"]["root"])
+    meta = {"mode": mode, "data_root": str(root), "synthetic": _synthetic_marker(root), "overrides": overrides,
+            "arch_file": str(arch) if isinstance(arch, (str, Path)) else None}
+    if ckpt is not None:
+        meta = {**ckpt.get("meta", {}), "resumed_from_step": int(ckpt["step"])}
+    try:
+        trainer = Trainer(get_task(cfg), cfg, out, data_root=root, arch=spec, search=mode == "search",
+                          resume_from=ckpt, progress=progress, meta=meta)
+        return trainer.fit()
+    finally:
+        D.cleanup()
+
+
+def _checkpoint_file(path) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = find_latest(path)
+        if found is None:
+            raise UserError(f"--checkpoint {path}: the folder holds no checkpoint (ckpt_*.pt)")
+        return found
+    if not path.exists():
+        raise UserError(f"--checkpoint {path} not found")
+    return path
+
+
+def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | None = None, overrides=()) -> dict:
+    """Metrics of a checkpoint (file or run directory) on the val split, with the stored recipe's
+    evaluation settings (or those of ``preset`` + ``overrides``); EMA weights when ``eval.use_ema``."""
+    import torch
+
+    from hrnas.data import build_loader
+    from hrnas.engine.trainer import (ShardSampler, build_calib_loader, calibration_seed, evaluate_model,
+                                      task_eval_batch)
+
+    path = _checkpoint_file(checkpoint)
+    ckpt = load_checkpoint(path)
+    if ckpt.get("task") != task:
+        raise UserError(f"--checkpoint {path} is a {ckpt.get('task')} checkpoint, not {task}")
+    stored = ckpt["config"]
+    overrides = list(overrides or ())
+    if preset is None:
+        preset = stored["preset"]
+        overrides = list(ckpt.get("meta", {}).get("overrides", [])) + overrides
+    cfg = load_config(task, preset, overrides)
+    root = resolve_data_root(task, preset, data_root if data_root is not None else cfg["data"]["root"])
+    t = get_task(cfg)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    channels_last = device.type == "cpu" or cfg["train"]["channels_last"]
+    val_ds = t.val_dataset(root)
+    seed = cfg["train"]["seed"]
+    batch = max(1, cfg["data"]["batch_size"])
+    val_loader = build_loader(val_ds, task, batch_size=task_eval_batch(t, batch), shuffle=False,
+                              sampler=ShardSampler(len(val_ds)), num_workers=cfg["data"]["num_workers"], seed=seed)
+    calib_loader = build_calib_loader(t, cfg, root, seed, 0, 1, device.type == "cuda")
+    net = t.build_model(ckpt["arch"])
+    weights = ckpt["model"]
+    if cfg["eval"]["use_ema"] and ckpt.get("ema"):
+        weights = ckpt["ema"]["shadow"]
+    net.load_state_dict(weights)
+    net.to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    out_dir = path.parent / "eval"
+    metrics = evaluate_model(t, net, cfg, val_loader=val_loader, calib_loader=calib_loader, device=device,
+                             channels_last=channels_last, calib_seed=calibration_seed(cfg, ckpt["step"]),
+                             out_dir=out_dir)
+    return {"checkpoint": str(path), "step": int(ckpt["step"]), **metrics}
+
+
+def export_arch(run_dir, out) -> Path:
+    """Write the searched architecture of a run (its ``arch.json``, or for an unfinished run the
+    architecture the latest checkpoint would export) to ``out``."""
+    from hrnas.models import load_arch, save_arch, validate_arch
+
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} not found")
+    final = run_dir / "arch.json"
+    if final.is_file():
+        spec = load_arch(final)
+        validate_arch(spec, None, str(final))
+    else:
+        path = find_latest(run_dir)
+        if path is None:
+            raise UserError(f"run directory {run_dir} has neither arch.json nor a checkpoint (ckpt_*.pt)")
+        ckpt = load_checkpoint(path)
+        best = ckpt.get("best")
+        exports_best = ckpt["config"]["search"]["export"] == "best_val" and ckpt["config"]["search"]["enabled"]
+        spec = best["arch"] if exports_best and best else ckpt["arch"]
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name such as arch.json")
+    return save_arch(json.loads(json.dumps(spec)), out)

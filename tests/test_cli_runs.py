@@ -1,0 +1,105 @@
+"""End-to-end smoke runs through the CLI: search -> export -> train --arch -> eval for every task, and
+the one-line errors (exit status 2) for bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hrnas.cli import main
+from hrnas.engine.checkpoint import find_latest, load_checkpoint
+from hrnas.models import load_arch, spec_of
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HRNAS_DATA_DIR", str(path))
+        yield path
+
+
+def _run(argv, capsys):
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("task", ["imagenet", "cityscapes", "ade20k", "coco", "kitti"])
+def test_search_export_train_eval(task, data_dir, tmp_path, capsys):
+    search_dir, train_dir, arch_file = tmp_path / "search", tmp_path / "train", tmp_path / "arch.json"
+    rc, out, _ = _run(["search", task, "--preset", "smoke", "--out", str(search_dir), "--no-progress"], capsys)
+    assert rc == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    metrics = result["metrics"]
+    main_name = metrics["main"]
+    assert 0.0 <= metrics[main_name] <= 100.0
+
+    run = json.loads((search_dir / "run.json").read_text())
+    assert run["status"] == "finished" and run["step"] == run["total_steps"] == 4
+    assert run["synthetic"]["preset"] == "smoke"
+    # the smoke threshold (1.0) kills every channel whose gamma moved down: shrinking really happened
+    assert run["shrink_history"] and run["shrink_history"][0]["removed_channels"] > 0
+    assert run["profile"]["macs"] < run["profile"]["supernet_macs"]
+    assert 0 < run["profile"]["macs_ratio"] < 1
+    rows = [json.loads(line) for line in (search_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if f"val_{main_name}" in r] == [2, 4]
+    assert (search_dir / "metrics.csv").read_text().splitlines()[0].startswith("step,epoch,lr")
+    ckpt = load_checkpoint(find_latest(search_dir))
+    assert ckpt["step"] == 4 and ckpt["arch"]["task"] == task
+
+    rc, out, _ = _run(["export", str(search_dir), "--out", str(arch_file)], capsys)
+    assert rc == 0
+    spec = load_arch(arch_file)
+    assert spec == run["arch"] and spec["task"] == task
+    hidden = sum(sum(b["hidden"]) for b in spec["blocks"])
+    assert hidden < sum(sum(b["hidden"]) for b in load_supernet_spec(task, spec)["blocks"])
+
+    rc, out, _ = _run(["train", task, "--arch", str(arch_file), "--preset", "smoke", "--out", str(train_dir),
+                       "--no-progress"], capsys)
+    assert rc == 0
+    trained = json.loads(out.strip().splitlines()[-1])["metrics"]
+    train_run = json.loads((train_dir / "run.json").read_text())
+    assert train_run["mode"] == "train" and train_run["shrink_history"] == []
+    assert train_run["arch"]["blocks"] == spec["blocks"]  # retraining keeps the searched architecture
+
+    rc, out, _ = _run(["eval", task, "--checkpoint", str(train_dir), "--json"], capsys)
+    assert rc == 0
+    evaluated = json.loads(out)
+    # the stored recipe and the calibration seed of the step: the run's own final evaluation, exactly
+    assert evaluated[main_name] == pytest.approx(trained[main_name], abs=1e-9)
+    assert evaluated["step"] == 4
+
+
+def load_supernet_spec(task, spec):
+    from hrnas.models import build_model
+
+    return spec_of(build_model(task, **spec["model"]))
+
+
+def test_bad_inputs_exit_2_with_one_line(data_dir, tmp_path, capsys):
+    arch = tmp_path / "coco_arch.json"
+    from hrnas.models import build_model, save_arch
+
+    save_arch(spec_of(build_model("coco", expand_ratio=1, attention="none")), arch)
+    cases = [
+        (["train", "cityscapes", "--arch", str(arch), "--preset", "smoke", "--out", str(tmp_path / "a")],
+         "architecture is for task 'coco'"),
+        (["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x.json")], "missing"),
+        (["search", "cityscapes", "search.rho=-0.1", "--preset", "smoke", "--out", str(tmp_path / "b")],
+         "search.rho=-0.1"),
+        (["search", "cityscapes", "search.threshold=-1", "--preset", "smoke", "--out", str(tmp_path / "c")],
+         "search.threshold=-1"),
+        (["search", "cityscapes", "--preset", "paper", "--out", str(tmp_path / "d")], "--data-root"),
+        (["search", "cityscapes", "--preset", "smoke", "--data-root", str(tmp_path / "nowhere"),
+          "--out", str(tmp_path / "e")], "nowhere"),
+        (["eval", "cityscapes", "--checkpoint", str(tmp_path / "none.pt")], "none.pt"),
+        (["search", "kitti", "data.pillars=fast", "--preset", "smoke", "--out", str(tmp_path / "f")], "data.pillars"),
+        (["search", "cityscapes", "--preset", "smoke", "--resume", "--out", str(tmp_path / "g")], "--resume"),
+    ]
+    for argv, needle in cases:
+        rc, out, err = _run(argv, capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2, (argv, err)
+        assert len(lines) == 1 and needle in lines[0], (argv, err)
