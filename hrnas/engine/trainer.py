@@ -152,8 +152,8 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, net: nn.Modul
         for n in saved_group["params"]:
             index[n] = len(flat)
             flat.append(n)
-    optimizer.load_state_dict({
-        "state": {index[n]: s for n, s in saved["state"].items()},
+    optimizer.load_state_dict({  # copies: the saved tensors may be another optimizer's live state
+        "state": {index[n]: copy.deepcopy(s) for n, s in saved["state"].items()},
         "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in saved["groups"]]})
 
 
@@ -476,7 +476,8 @@ class Trainer:
         reseed_augmentation(self.train_ds, (self.seed * 1_000_003 + epoch) * 64 + self.rank)
         self.train_loader.generator.manual_seed(self.seed * 1_000_003 + epoch)
 
-    def _train_step(self, batch, step: int) -> dict:
+    def train_step(self, batch, step: int) -> dict:
+        """One optimizer step on ``batch`` as iteration ``step`` (1-based); returns the logged scalars."""
         cfg = self.cfg
         self.model.train()
         batch = self.task.to_device(batch, self.device, self.channels_last)
@@ -509,9 +510,25 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self._sync_buffers()
         if self.ema is not None:
             self.ema.update(self.net)
         return {"loss": float(loss.detach()), "task_loss": float(task_loss.detach()), "lr": lr, **logs, **extra}
+
+    def _sync_buffers(self) -> None:
+        """Average the BN running statistics over ranks after every step (without SyncBatchNorm each rank
+        updates them from its own batch), so that the EMA, the checkpoint and the evaluation are the same
+        on every rank."""
+        if self.world == 1 or self.cuda:  # CUDA: SyncBatchNorm already computes global statistics
+            return
+        bufs = [b for b in self.net.buffers() if b.is_floating_point()]
+        if bufs:
+            flat = torch.cat([b.reshape(-1) for b in bufs])
+            D.all_reduce_sum(flat).div_(self.world)
+            offset = 0
+            for b in bufs:
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     def evaluate(self) -> dict:
         """Metrics of the current network (EMA weights when ``eval.use_ema``), evaluated on a copy that
@@ -583,7 +600,7 @@ class Trainer:
                     if self.step >= total:
                         break
                     step = self.step + 1
-                    logs = self._train_step(batch, step)
+                    logs = self.train_step(batch, step)
                     self.step = step
                     self.acc["n"] += 1
                     self.acc["loss"] += logs["loss"]

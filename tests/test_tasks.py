@@ -1,0 +1,136 @@
+"""Task glue: losses, test-time inference and the evaluation pipelines with oracle predictions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hrnas.data import build_dataset, build_loader, ensure_dataset
+from hrnas.engine.config import load_config
+from hrnas.metrics.kitti import read_label_file
+from hrnas.tasks import get_task
+from hrnas.tasks.detection3d import detections_to_kitti, flatten_kitti
+from hrnas.tasks.keypoints import joints_mse
+from hrnas.tasks.segmentation import SegmentationTask, slide_logits, whole_logits
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HRNAS_DATA_DIR", str(path))
+        yield path
+
+
+class Replay(nn.Module):
+    """Returns pre-computed outputs in order, ignoring its input (an oracle network)."""
+
+    def __init__(self, outputs: torch.Tensor):
+        super().__init__()
+        self.outputs, self.pos = outputs, 0
+
+    def forward(self, x):
+        out = self.outputs[self.pos:self.pos + x.shape[0]]
+        self.pos += x.shape[0]
+        return out
+
+
+def test_joints_mse_matches_hrnet_loop():
+    g = torch.Generator().manual_seed(0)
+    pred, gt = torch.rand(3, 17, 8, 6, generator=g), torch.rand(3, 17, 8, 6, generator=g)
+    weight = (torch.rand(3, 17, generator=g) > 0.3).float()
+    # HRNet JointsMSELoss(use_target_weight=True): per joint 0.5 * MSE(pred * w, gt * w), mean over joints
+    expected = sum(0.5 * nn.functional.mse_loss(pred[:, j] * weight[:, j, None, None],
+                                                gt[:, j] * weight[:, j, None, None]) for j in range(17)) / 17
+    assert joints_mse(pred, gt, weight).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert joints_mse(pred, gt, torch.zeros(3, 17)).item() == 0.0
+
+
+def test_slide_inference_equals_whole_for_a_pixelwise_model():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 5, 1)  # full-resolution, per-pixel logits: every window agrees with the whole image
+    images = torch.randn(2, 3, 40, 72)
+    with torch.no_grad():
+        whole = whole_logits(model, images)
+        slide = slide_logits(model, images, (32, 32), (20, 24))  # windows overlap and hit the borders
+    assert torch.allclose(slide, whole, atol=1e-6)
+    ones = slide_logits(lambda x: torch.ones(x.shape[0], 1, *x.shape[-2:]), images, (32, 32), (20, 24))
+    assert torch.equal(ones, torch.ones_like(ones))  # each pixel averaged over exactly its windows
+
+
+def test_segmentation_flip_test_is_neutral_for_a_flip_equivariant_model():
+    cfg = load_config("cityscapes", "smoke", ["eval.flip_test=true"])
+    task = SegmentationTask(cfg)
+    torch.manual_seed(1)
+    model = nn.Conv2d(3, 19, 1)
+    images = torch.randn(1, 3, 16, 24)
+    with torch.no_grad():
+        probs = task.predict(model, images)
+    assert torch.allclose(probs, whole_logits(model, images).softmax(1), atol=1e-6)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 16, 24), atol=1e-5)
+
+
+def test_classification_evaluate_with_oracle_logits(data_dir):
+    cfg = load_config("imagenet", "smoke")
+    task = get_task(cfg)
+    val = task.val_dataset(ensure_dataset("imagenet", "smoke"))
+    loader = build_loader(val, "imagenet", batch_size=3, shuffle=False)
+    targets = torch.tensor([t for _, t in val.samples])
+    logits = nn.functional.one_hot(targets, val.num_classes).float()
+    logits[-1] = 0.0
+    logits[-1, (targets[-1] + 1) % val.num_classes] = 1.0  # the last image: wrong top-1, right top-5
+    logits[-1, targets[-1]] = 0.5
+    metrics = task.evaluate(Replay(logits), loader, CPU, False)
+    n = len(targets)
+    assert metrics["images"] == n and metrics["main"] == "top1"
+    assert metrics["top1"] == pytest.approx(100.0 * (n - 1) / n)
+    assert metrics["top5"] == pytest.approx(100.0)
+
+
+def test_keypoint_pipeline_recovers_ground_truth_heatmaps(data_dir, tmp_path):
+    cfg = load_config("coco", "smoke", ["data.input_size=[256, 192]", "eval.flip_test=false"])
+    task = get_task(cfg)
+    val = task.val_dataset(ensure_dataset("coco", "smoke"))
+    heatmaps = torch.stack([val[i]["heatmaps"] for i in range(len(val))])
+    loader = build_loader(val, "coco", batch_size=4, shuffle=False)
+    metrics = task.evaluate(Replay(heatmaps), loader, CPU, False, out_dir=tmp_path)
+    assert metrics["boxes"] == "gt" and metrics["main"] == "AP"
+    assert metrics["AP"] > 0.9  # decoding + inverse affine + rescoring + OKS-NMS + COCOeval, end to end
+    assert (tmp_path / "keypoints_val_results.json").is_file()
+    flat = task.evaluate(Replay(torch.zeros_like(heatmaps)), loader, CPU, False)
+    assert flat["AP"] < 0.05
+
+
+def test_kitti_predictions_become_the_label_boxes(data_dir):
+    root = ensure_dataset("kitti", "smoke")
+    from hrnas.data.kitti import SYNTHETIC_RANGE
+
+    val = build_dataset("kitti", root, "val", train=False, point_cloud_range=SYNTHETIC_RANGE)
+    checked = 0
+    for i in range(len(val)):
+        s = val[i]
+        labels = read_label_file(val.base / "label_2" / f"{s['frame_id']}.txt")
+        pred = {"boxes": s["gt_boxes"], "scores": torch.ones(len(s["gt_labels"])), "labels": s["gt_labels"]}
+        dets = detections_to_kitti(pred, s["calib"], (1242, 375))
+        for k in range(len(dets["name"])):
+            j = int(np.argmin(np.linalg.norm(labels["location"] - dets["location"][k], axis=1)))
+            assert labels["name"][j] == dets["name"][k]
+            np.testing.assert_allclose(dets["location"][k], labels["location"][j], atol=0.02)
+            np.testing.assert_allclose(dets["dimensions"][k], labels["dimensions"][j], atol=0.02)  # h, w, l
+            assert abs(np.angle(np.exp(1j * (dets["rotation_y"][k] - labels["rotation_y"][j])))) < 0.02
+            assert abs(np.angle(np.exp(1j * (dets["alpha"][k] - labels["alpha"][j])))) < 0.02
+            np.testing.assert_allclose(dets["bbox"][k], labels["bbox"][j], atol=3.0)  # projected corners, clipped
+            checked += 1
+    assert checked >= 3
+
+
+def test_flatten_kitti_means_over_classes():
+    table = {c: {m: {"easy": e, "moderate": e / 2, "hard": e / 4} for m in ("bev_R40", "3d_R40")}
+             for c, e in (("Car", 80.0), ("Pedestrian", 40.0), ("Cyclist", 0.0))}
+    flat = flatten_kitti(table)
+    assert flat["mAP_3d_R40_moderate"] == pytest.approx(20.0)
+    assert flat["mAP_bev_R40_easy"] == pytest.approx(40.0)
+    assert flat["Car_3d_R40_moderate"] == 40.0
