@@ -727,14 +727,14 @@ _PROFILES: dict[str, object] = {}
 
 def _profile_arch(arch: dict, size) -> object:
     """``hrnas.profile`` of an architecture spec (or, without "blocks", of its super network), by one real
-    batch-1 forward on the CPU; cached per process (a search and its retraining share the super network)."""
+    batch-1 pass on the meta device; cached per process (a search and its retraining share the super network)."""
     from hrnas.models import build_model
     from hrnas.profile import profile
 
     key = json.dumps([arch, list(size)], sort_keys=True)
     if key not in _PROFILES:
         net = build_model(arch=arch) if "blocks" in arch else build_model(arch["task"], **arch["model"])
-        _PROFILES[key] = profile(net, size, on_meta=False)
+        _PROFILES[key] = profile(net, size)  # meta device: shapes only, any size
     return _PROFILES[key]
 
 
