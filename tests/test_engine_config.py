@@ -16,8 +16,8 @@ def test_every_preset_loads_with_the_same_keys(task):
     cfgs = {p: load_config(task, p) for p in PRESETS}
     keys = {p: set(flatten(c)) for p, c in cfgs.items()}
     assert keys["paper"] == keys["tiny"] == keys["smoke"]
-    assert cfgs["smoke"]["train"]["max_steps"] <= 5 and cfgs["smoke"]["preset"] == "smoke"
-    assert cfgs["tiny"]["train"]["max_steps"] <= 500
+    assert cfgs["smoke"]["train"]["epochs"] <= 2 and cfgs["smoke"]["preset"] == "smoke"
+    assert cfgs["tiny"]["train"]["epochs"] <= 12 < cfgs["paper"]["train"]["epochs"]
     assert cfgs["paper"]["task"] == task and cfgs["paper"]["search"]["rho"] > 0
 
 

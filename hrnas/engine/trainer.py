@@ -330,7 +330,7 @@ class Trainer:
         self.amp = bool(t["amp"]) and self.cuda
         self.channels_last = bool(t["channels_last"]) or not self.cuda
         self.seed = int(t["seed"])
-        D.seed_everything(self.seed, self.rank)
+        D.seed_everything(self.seed)  # the same initial weights on every rank (and so the same EMA)
         self._build_data(Path(data_root))
         self.log = RunLog(self.run_dir, D.is_main())
 
@@ -359,6 +359,7 @@ class Trainer:
         self.acc = self._zero_acc()
         self.last_ckpt: Path | None = None
         self._eval_net: nn.Module | None = None
+        D.seed_everything(self.seed, self.rank)  # per-rank dropout / pillar shuffling from here on
         if resume_from is not None:
             self._restore(resume_from)
         elif D.is_main():

@@ -18,6 +18,9 @@ from hrnas.engine import distributed as D
 from hrnas.errors import UserError
 
 
+INITS = (None, "mnas", "heatmap")  # null = the task's own (hrnas.models.factory.TASK_DEFAULTS)
+
+
 class Task:
     """Base class of the task families (classification, segmentation, keypoints, detection3d)."""
 
@@ -33,6 +36,8 @@ class Task:
     def model_options(self) -> dict:
         """Options of ``hrnas.models.build_model`` from the recipe's ``model`` section."""
         opts = dict(self.cfg["model"])
+        if opts["init"] not in INITS:
+            raise UserError(f"model.init={opts['init']!r} is not one of null, {', '.join(INITS[1:])}")
         if self.num_classes is not None:
             opts["num_classes"] = self.num_classes
         return opts
