@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from hrnas.errors import UserError
-from hrnas.viz.tables import atomic_write_text, markdown_table
+from hrnas.io import atomic_write_text
+from hrnas.viz.tables import markdown_table
 
 PRESETS = ("tiny", "smoke", "paper")
 INJECTED_PARAMETERS = ("preset", "out_dir", "figures_dir", "progress")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from hrnas.cli import main
 from hrnas.engine.checkpoint import find_latest, load_checkpoint
-from hrnas.models import load_arch, spec_of
+from hrnas.models import count_params, load_arch, spec_of
+from hrnas.tasks.runner import load_run
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,11 @@ def test_search_export_train_eval(task, data_dir, tmp_path, capsys):
     assert evaluated[main_name] == pytest.approx(trained[main_name], abs=1e-9)
     assert evaluated["step"] == 4
 
+    loaded = load_run(train_dir)  # what the notebooks plot with: the trained network, in eval mode
+    assert loaded.step == 4 and loaded.synthetic and loaded.label == "SYNTHETIC data, preset smoke"
+    assert not loaded.net.training
+    assert count_params(loaded.net) == count_params(loaded.task.build_model(spec))
+
 
 def load_supernet_spec(task, spec):
     from hrnas.models import build_model
@@ -103,3 +108,13 @@ def test_bad_inputs_exit_2_with_one_line(data_dir, tmp_path, capsys):
         lines = err.strip().splitlines()
         assert rc == 2, (argv, err)
         assert len(lines) == 1 and needle in lines[0], (argv, err)
+
+
+def test_load_run_names_what_is_missing(tmp_path):
+    from hrnas.errors import UserError
+
+    with pytest.raises(UserError, match=r"has no run\.json"):
+        load_run(tmp_path)
+    (tmp_path / "run.json").write_text('{"preset": "smoke", "data_root": "."}')
+    with pytest.raises(UserError, match=r"has no checkpoint \(ckpt_\*\.pt\)"):
+        load_run(tmp_path)

@@ -79,7 +79,8 @@ def test_failed_write_leaves_old_file_intact(tmp_path, monkeypatch):
     save_checkpoint(path, step=1)
 
     def broken_save(obj, f):
-        f.write(b"partial garbage")
+        with open(f, "wb") as fh:
+            fh.write(b"partial garbage")
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.torch, "save", broken_save)

@@ -176,3 +176,24 @@ def test_keypoint_bn_settings_and_init():
     assert 0.0005 < conv_std < 0.002  # N(0, 0.001) heatmap init
     city = build_model("cityscapes")
     assert (city.stem[0][1].momentum, city.stem[0][1].eps) == (0.01, 1e-3)
+
+
+def test_grad_checkpointing_gives_the_same_gradients_and_running_stats():
+    """Recomputing the kernel paths in backward changes neither the gradients nor the BN statistics
+    (which must be updated once, not again during the recomputation)."""
+    import copy
+
+    torch.manual_seed(0)
+    ref = build_model("cityscapes", expand_ratio=1, tokens=4, proj=4).double().train()
+    ck = copy.deepcopy(ref)
+    ck.set_grad_checkpointing(True)
+    assert all(b.grad_checkpointing for _, b in ck.searching_blocks())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    for net in (ref, ck):
+        net(x).square().mean().backward()
+    for (name, a), b in zip(ref.named_parameters(), ck.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12), name
+    for (name, a), b in zip(ref.named_buffers(), ck.buffers()):
+        assert torch.equal(a, b), name  # running_mean/var and num_batches_tracked: one update
+    _, block = next(ck.searching_blocks())
+    assert int(block.dw_bn[0].num_batches_tracked) == 1

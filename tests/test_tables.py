@@ -114,13 +114,6 @@ def test_save_table_rejects_bad_input(frame, tmp_path):
         T.save_table(frame, "x", tmp_path / "file")
 
 
-def test_atomic_write_leaves_no_temp_files(tmp_path):
-    T.atomic_write_text(tmp_path / "a.txt", "one")
-    T.atomic_write_text(tmp_path / "a.txt", "two")
-    assert (tmp_path / "a.txt").read_text() == "two"
-    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
-
-
 def test_paper_table1_rows_and_columns():
     df = T.paper_table("table1")
     assert list(df.columns) == ["variant", "params_M", "flops_G", "miou", "macc", "aacc"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hrnas.data.common import atomic_write_bytes, check_label_values, read_label_png, require_dir
+from hrnas.io import atomic_write_bytes
+from hrnas.data.common import check_label_values, read_label_png, require_dir
 from hrnas.data.labels import (CITYSCAPES_CLASSES, CITYSCAPES_NUM_CLASSES, CITYSCAPES_VALID_IDS,
                                CITYSCAPES_VALID_TRAIN_IDS, cityscapes_id_to_train_id_lut)
 from hrnas.data.segmentation import SegmentationDataset

@@ -5,10 +5,7 @@ one-line message naming the file, so the CLI can report it (exit status 2).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,47 +85,6 @@ def check_label_values(values: np.ndarray, allowed: np.ndarray, path: Path, tabl
     if bad.size:
         shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
         raise UserError(f"label map {path} has ids outside the {table}: {shown}")
-
-
-# ---------------------------------------------------------------------------- atomic writes
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path):
-    """Yield a temporary sibling folder of `final`; on success rename it to `final`.
-
-    A crash (or an exception) leaves no half-written `final`. Raises FileExistsError if `final`
-    appeared meanwhile and is not empty (the caller decides what that means).
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield tmp
-        try:
-            os.rename(tmp, final)  # replaces an empty directory, fails on a non-empty one
-        except OSError as e:
-            raise FileExistsError(f"{final} exists and is not empty") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- augmentation RNG

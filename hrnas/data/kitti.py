@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hrnas.data.common import AugmentationRNG, atomic_write_text, image_size, require_dir, require_file
+from hrnas.io import atomic_write_text
+from hrnas.data.common import AugmentationRNG, image_size, require_dir, require_file
 from hrnas.data.transforms import PointPillarsAugment
 from hrnas.errors import UserError
 

@@ -9,10 +9,8 @@ official-code.md §3.6 pickles whole models instead).
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 
 from hrnas.engine.distributed import unwrap_model
 from hrnas.errors import UserError
+from hrnas.io import atomic_path
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state",
            "checkpoint_path", "find_latest"]
@@ -93,18 +92,8 @@ def save_checkpoint(path, **parts) -> Path:
             raise ValueError(f"checkpoint part name {reserved!r} is reserved")
     payload = {"format": FORMAT, "rng": get_rng_state()}
     payload.update({k: _to_plain(v, k) for k, v in parts.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -29,10 +29,8 @@ import csv
 import io
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 import time
 import warnings
 from collections.abc import MutableMapping
@@ -48,15 +46,16 @@ from tqdm.auto import tqdm
 import hrnas
 from hrnas.data.common import AugmentationRNG
 from hrnas.engine import distributed as D
-from hrnas.engine.checkpoint import (checkpoint_path, find_latest, get_rng_state, load_checkpoint, save_checkpoint,
+from hrnas.engine.checkpoint import (checkpoint_path, find_latest, get_rng_state, save_checkpoint,
                                      set_rng_state)
 from hrnas.engine.ema import ModelEMA
 from hrnas.engine.optim import build_optimizer_from_config, l2_penalty
 from hrnas.engine.schedule import build_scheduler_from_config
 from hrnas.errors import UserError
+from hrnas.io import atomic_write_json, atomic_write_text, json_default
 
 __all__ = ["Trainer", "NonFiniteLoss", "ShardSampler", "bn_calibrate", "evaluate_model", "optimizer_state_by_name",
-           "load_optimizer_state_by_name", "RunLog", "calibration_seed", "reseed_augmentation", "write_json_atomic"]
+           "load_optimizer_state_by_name", "RunLog", "calibration_seed", "reseed_augmentation"]
 
 
 class NonFiniteLoss(UserError):
@@ -202,37 +201,6 @@ def evaluate_model(task, model: nn.Module, cfg: dict, *, val_loader, calib_loade
         set_rng_state(rng)
 
 
-def write_json_atomic(path, obj) -> Path:
-    """JSON via a temporary file in the same folder + ``os.replace``."""
-    return _write_text_atomic(Path(path), json.dumps(obj, indent=1, default=_json_default) + "\n")
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 class RunLog:
     """The run directory's logs: ``steps.jsonl`` (step losses), ``metrics.jsonl`` + ``metrics.csv``
     (epoch / evaluation rows). ``truncate(step)`` drops rows written after a checkpoint's step
@@ -248,7 +216,7 @@ class RunLog:
             return
         for path in (self.steps, self.metrics):
             rows = [r for r in self._read(path) if r["step"] <= step]
-            _write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
         self._write_csv()
 
     @staticmethod
@@ -267,7 +235,7 @@ class RunLog:
     def _append(self, path: Path, row: dict) -> None:
         if self.enabled:
             with open(path, "a") as fh:
-                fh.write(json.dumps(row, default=_json_default) + "\n")
+                fh.write(json.dumps(row, default=json_default) + "\n")
 
     def _write_csv(self) -> None:
         rows = self._read(self.metrics)
@@ -278,7 +246,7 @@ class RunLog:
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        _write_text_atomic(self.csv, buf.getvalue())
+        atomic_write_text(self.csv, buf.getvalue())
 
 
 def _git_commit() -> str | None:
@@ -341,6 +309,7 @@ class Trainer:
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self._to_memory_format()
         self.searchable = task.searchable(self.net)
+        self.searchable.set_grad_checkpointing(bool(cfg["train"]["grad_checkpointing"]))
         self.optimizer = build_optimizer_from_config(self.net, cfg)
         self.scheduler = build_scheduler_from_config(self.optimizer, cfg, total_steps=self.total_steps,
                                                      steps_per_epoch=self.steps_per_epoch)
@@ -577,12 +546,12 @@ class Trainer:
         """Run (or continue) the training; returns ``{"metrics", "best", "steps", "wall_time_s", "profile", ...}``."""
         self._t_start = time.perf_counter()
         if D.is_main():
-            write_json_atomic(self.run_dir / "run.json", self._run_record("running"))
+            atomic_write_json(self.run_dir / "run.json", self._run_record("running"))
         try:
             self._loop()
         except NonFiniteLoss as err:
             if D.is_main():
-                write_json_atomic(self.run_dir / "run.json", self._run_record(f"failed: {err}"))
+                atomic_write_json(self.run_dir / "run.json", self._run_record(f"failed: {err}"))
             raise
         return self._finish()
 
@@ -684,7 +653,7 @@ class Trainer:
         if D.is_main():
             save_arch(arch, self.run_dir / "arch.json")
             history = self.controller.history if self.controller else []
-            write_json_atomic(self.run_dir / "run.json", self._run_record(
+            atomic_write_json(self.run_dir / "run.json", self._run_record(
                 "finished", wall_time_s=wall, metrics=metrics, best=best, profile=prof, arch=arch,
                 final_arch=spec_of(self.searchable), shrink_history=history))
         D.barrier()

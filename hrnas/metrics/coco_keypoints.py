@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hrnas.errors import UserError
+from hrnas.io import atomic_write_json
 
 COCO_KEYPOINT_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -200,13 +198,4 @@ def write_results_json(path, results) -> None:
     rows = [{"image_id": int(r["image_id"]), "category_id": int(r["category_id"]),
              "keypoints": [float(v) for v in _np(r["keypoints"]).reshape(-1)],
              "score": float(r["score"])} for r in results]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(rows, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(path, rows, indent=None)

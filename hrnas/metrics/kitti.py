@@ -32,13 +32,12 @@ Annotations are dicts of numpy arrays, one dict per frame: ``name`` (N,) str, ``
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hrnas.errors import UserError
+from hrnas.io import atomic_write_text
 from hrnas.metrics.box_ops import paired_bev_intersection, paired_image_overlap, paired_iou_3d
 
 KITTI_TYPES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc",
@@ -145,16 +144,7 @@ def write_result_file(path, dets: dict) -> None:
         lines.append(f"{name} {float(dets['truncated'][i]):.2f} {int(dets['occluded'][i])} "
                      + " ".join(f"{float(x):.4f}" for x in nums)
                      + f" {float(dets['score'][i]):.6f}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(lines))
 
 
 # ------------------------------------------------------------------------------ evaluation

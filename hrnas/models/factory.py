@@ -15,14 +15,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch.nn as nn
 
 from hrnas import TASKS
 from hrnas.errors import UserError
+from hrnas.io import atomic_write_json
 from hrnas.models.heads import ClassificationHead, DenseHead
 from hrnas.models.hrnet import BlockFactory, HRNet
 from hrnas.models.layers import ACTIVATIONS, NormConfig
@@ -241,14 +240,7 @@ def load_arch(path: str | Path) -> dict:
 
 def save_arch(spec: dict, path: str | Path) -> Path:
     """Write an architecture spec atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(spec, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, spec)
 
 
 def count_params(model: nn.Module) -> int:

@@ -146,6 +146,13 @@ class HRNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each searching block's kernel paths during the backward pass instead of keeping
+        their activations: a fraction of the training memory for about one more forward pass of the
+        convolutions (the BN running statistics are updated once, as without it)."""
+        for _, block in self.searching_blocks():
+            block.grad_checkpointing = enable
+
     def searching_blocks(self) -> Iterator[tuple[str, SearchingBlock]]:
         """(name, block) in the architecture spec's order (construction order)."""
         by_name = {m.block_name: m for m in self.modules() if isinstance(m, SearchingBlock)}

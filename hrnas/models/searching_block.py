@@ -8,20 +8,25 @@ conv holds the scale factors γ that the search penalises and shrinks. The paths
 bias) remains.
 
 Computed efficiently: the three expand convs are one 1×1 conv to Σh_k channels (a per-channel BN after it
-is the same as one BN per path) and the three projections are one 1×1 conv over the concatenated hidden
-channels, which equals the sum of the per-path projections.
+is the same as one BN per path); the depthwise convs read channel slices of its output (views, no copies)
+and the three projections share one weight over the concatenated hidden channels, applied path by path
+and summed (:class:`PathProjection`), so neither a split nor a concatenation is kept for the backward
+pass (a third less activation memory than copying them).
 
 An optional lightweight transformer (or Non-local block) is a further parallel path on the block input,
 added to the output; SE re-weights the conv features (supplement Table 2).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from hrnas.models.attention import NonLocal, SqueezeExcite
 from hrnas.models.layers import NormConfig, make_activation
@@ -55,6 +60,22 @@ class AttentionConfig:
         return self.placement == "res+down" or (stride == 1 and inp == oup)
 
 
+class PathProjection(nn.Conv2d):
+    """The paths' 1×1 projections as one conv over their concatenated hidden channels (one weight, so the
+    search shrinks it like any conv), applied to the paths one by one and summed: the same result as
+    convolving the concatenation, without materialising it."""
+
+    def __init__(self, hidden: int, oup: int):
+        super().__init__(hidden, oup, 1, bias=False)
+
+    def forward(self, paths: Sequence[torch.Tensor]) -> torch.Tensor:
+        weights = self.weight.split([p.shape[1] for p in paths], dim=1)
+        out = F.conv2d(paths[0], weights[0])
+        for p, w in zip(paths[1:], weights[1:]):
+            out = out + F.conv2d(p, w)
+        return out
+
+
 class SearchingBlock(nn.Module):
     """Multi-kernel inverted residual whose per-kernel widths (and transformer tokens) are searched.
 
@@ -84,7 +105,7 @@ class SearchingBlock(nn.Module):
             self.expand_bn = norm.bn(total)
             self.dw = nn.ModuleList(nn.Conv2d(h, h, k, stride, k // 2, groups=h, bias=False) for k, h in live)
             self.dw_bn = nn.ModuleList(norm.bn(h) for h in self.hidden)
-            self.project = nn.Conv2d(total, oup, 1, bias=False)
+            self.project = PathProjection(total, oup)
             self.project_bn = norm.bn(oup)
         else:
             self.expand = self.expand_bn = self.dw = self.dw_bn = self.project = self.project_bn = None
@@ -94,6 +115,7 @@ class SearchingBlock(nn.Module):
         self.residual = stride == 1 and inp == oup
         self.shortcut = (nn.Identity() if self.residual else
                          nn.Conv2d(inp, oup, 1, stride, groups=math.gcd(inp, oup), bias=False))
+        self.grad_checkpointing = False  # recompute the kernel paths in backward (HRNet.set_grad_checkpointing)
         self.transformer = self.se = self.non_local = None
         attention = attention or AttentionConfig(type="none")
         if attention.applies_to(inp, oup, stride):
@@ -112,20 +134,16 @@ class SearchingBlock(nn.Module):
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel paths: fused expand, per-kernel depthwise, fused projection."""
         h = self.act(self.expand_bn(self.expand(x)))
-        if len(self.hidden) > 1:
-            # Channel slices of a channels_last tensor are strided; make them dense in the same layout,
-            # otherwise the depthwise convs fall back to a far slower NCHW kernel on the CPU.
-            fmt = torch.channels_last if h.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            parts = [p.contiguous(memory_format=fmt) for p in h.split(self.hidden, dim=1)]
-            h = torch.cat([self.act(bn(dw(p))) for p, dw, bn in zip(parts, self.dw, self.dw_bn)], dim=1)
-        else:
-            h = self.act(self.dw_bn[0](self.dw[0](h)))
-        y = self.project_bn(self.project(h))
+        paths = [self.act(bn(dw(p))) for p, dw, bn in zip(h.split(self.hidden, dim=1), self.dw, self.dw_bn)]
+        y = self.project_bn(self.project(paths))
         return self.se(y) if self.se is not None else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.shortcut(x)
-        if self.expand is not None:
+        if self.expand is not None and self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            out = out + checkpoint(self.conv_features, x, use_reentrant=False,
+                                   context_fn=lambda: (contextlib.nullcontext(), _frozen_running_stats(self)))
+        elif self.expand is not None:
             out = out + self.conv_features(x)
         else:
             out = out + self.bias.view(1, -1, 1, 1)
@@ -137,3 +155,20 @@ class SearchingBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.inp}->{self.oup}, stride={self.stride}, kernels={self.kernels}, hidden={self.hidden}"
+
+
+@contextlib.contextmanager
+def _frozen_running_stats(module: nn.Module):
+    """The recomputation of a checkpointed forward normalises with the batch statistics like the
+    original pass but must not update the BN running statistics a second time: momentum 0 keeps them
+    (bit for bit), and the batch counter is put back."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, int(m.num_batches_tracked)) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.fill_(count)

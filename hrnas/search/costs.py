@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from hrnas.models.searching_block import SearchingBlock
 from hrnas.models.transformer import LightweightTransformer
 
 

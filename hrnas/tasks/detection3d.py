@@ -17,7 +17,7 @@ import torch
 from hrnas.data.common import image_size
 from hrnas.data.kitti import CLASSES, boxes_to_corners, lidar_boxes_to_camera
 from hrnas.engine.distributed import broadcast_object, is_main
-from hrnas.engine.trainer import write_json_atomic
+from hrnas.io import atomic_write_json
 from hrnas.errors import UserError
 from hrnas.metrics import kitti as K
 from hrnas.tasks.base import Task, eval_bar, gather_objects
@@ -117,7 +117,7 @@ class Detection3DTask(Task):
                     K.write_result_file(res_dir / f"{fid}.txt", dets)
             table = K.evaluate([f[1] for f in frames], [f[2] for f in frames], CLASSES)
             if out_dir is not None:
-                write_json_atomic(Path(out_dir) / "kitti_ap.json", table)
+                atomic_write_json(Path(out_dir) / "kitti_ap.json", table)
             metrics = flatten_kitti(table)
             metrics["frames"] = len(frames)
         metrics = broadcast_object(metrics)

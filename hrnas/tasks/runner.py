@@ -1,5 +1,5 @@
 """What ``hrnas search | train | eval | export`` run: :func:`run_experiment`, :func:`evaluate_checkpoint`,
-:func:`export_arch`.
+:func:`export_arch`; and :func:`load_run`, a finished run's trained network for plots and notebooks.
 
 Data: ``--data-root`` (or the recipe's ``data.root``); without it the embedded synthetic dataset is
 generated on first use (``smoke`` data for the smoke preset, ``tiny`` data for tiny); the ``paper``
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from hrnas.engine import distributed as D
@@ -199,3 +200,47 @@ def export_arch(run_dir, out) -> Path:
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name such as arch.json")
     return save_arch(json.loads(json.dumps(spec)), out)
+
+
+@dataclass
+class LoadedRun:
+    """A run directory opened for inspection: its ``run.json`` record, its task and dataset, and the
+    network of its latest checkpoint (eval mode, with the task's eval preparation applied)."""
+
+    dir: Path
+    record: dict
+    task: object
+    data_root: Path
+    synthetic: bool
+    net: object
+    step: int
+
+    @property
+    def label(self) -> str:
+        """A short provenance label for figure titles, e.g. ``"SYNTHETIC data, preset tiny"``."""
+        return f"{'SYNTHETIC' if self.synthetic else 'real'} data, preset {self.record['preset']}"
+
+
+def load_run(run_dir, ema: bool | None = None) -> LoadedRun:
+    """Open a run directory (of ``hrnas search`` / ``train``): the network of its latest checkpoint.
+
+    ``ema``: load the EMA weights (default: what the run evaluated with, ``eval.use_ema``).
+    """
+    run_dir = Path(run_dir).expanduser()
+    record_file = run_dir / "run.json"
+    if not record_file.is_file():
+        raise UserError(f"run directory {run_dir} has no run.json (not a run, or it never started)")
+    record = json.loads(record_file.read_text())
+    path = find_latest(run_dir)
+    if path is None:
+        raise UserError(f"run directory {run_dir} has no checkpoint (ckpt_*.pt)")
+    ckpt = load_checkpoint(path)
+    task = get_task(ckpt["config"])
+    net = task.build_model(ckpt["arch"])
+    use_ema = ckpt["config"]["eval"]["use_ema"] if ema is None else ema
+    if use_ema and not ckpt.get("ema"):
+        raise UserError(f"{path}: ema=True but the checkpoint holds no EMA weights")
+    net.load_state_dict(ckpt["ema"]["shadow"] if use_ema else ckpt["model"])
+    root = Path(record["data_root"])
+    return LoadedRun(dir=run_dir, record=record, task=task, data_root=root, synthetic=_synthetic_marker(root) is not None,
+                     net=task.prepare_eval_model(net).eval(), step=int(ckpt["step"]))

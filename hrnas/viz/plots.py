@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from hrnas.errors import UserError
+from hrnas.io import atomic_path
 
 DPI = 120
 _X_KEYS = ("epoch", "step")
@@ -32,18 +31,8 @@ def save_figure(fig, path, dpi: int = DPI) -> Path:
     if path is None or str(path) == "":
         raise UserError("path: give a file name for the PNG")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return path
 
 

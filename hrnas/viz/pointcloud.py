@@ -13,13 +13,12 @@ heading (as in `hrnas.metrics.box_ops`/`hrnas.data.kitti`). Two renderers:
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hrnas.errors import UserError
+from hrnas.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +97,8 @@ def _point_grey(points: np.ndarray) -> np.ndarray:
 def _write_rgb_png(rgb: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def render_open3d(points, pred_boxes=None, gt_boxes=None, path="detections.png", size=(800, 600),

@@ -15,9 +15,7 @@ from __future__ import annotations
 import io
 import math
 import numbers
-import os
 import re
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from hrnas.errors import UserError
+from hrnas.io import atomic_write_text
 
 PAPER_TABLES_FILE = "paper_tables.csv"
 REFERENCE_RESULTS_FILE = "reference_results.csv"
@@ -50,26 +49,6 @@ REFERENCE_COLUMNS = (
     "split", "confidence", "source", "note",
 )
 _STEM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-# --------------------------------------------------------------------------------------------
-# atomic writes (also used by hrnas.reproduce)
-def atomic_write_text(path, text: str, encoding: str = "utf-8") -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from hrnas.data.common import atomic_directory
+from hrnas.io import atomic_directory
 from hrnas.errors import UserError
 
 DATASETS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
