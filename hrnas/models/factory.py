@@ -121,7 +121,7 @@ def _build(opts: dict, blocks: dict | None) -> HRNet:
 def init_weights(model: nn.Module, method: str) -> None:
     """The authors' initialisation (official-code.md §1.7).
 
-    ``mnas``: conv weights N(0, √(2 / fan_out)) with fan_out = k²·C_out/groups, linear weights
+    ``mnas``: conv weights N(0, √(2 / fan_out)) with fan_out = k² (depthwise) or k²·C_out, linear weights
     U(±1/√out_features), biases 0. ``heatmap`` (COCO keypoints): every conv N(0, 0.001), biases 0.
     BatchNorm γ = 1, β = 0 everywhere. Attention in-projections keep Xavier-uniform (as MHA does).
     """
@@ -130,7 +130,11 @@ def init_weights(model: nn.Module, method: str) -> None:
             if method == "heatmap":
                 nn.init.normal_(m.weight, 0.0, 0.001)
             else:
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                k2 = m.kernel_size[0] * m.kernel_size[1]
+                # the authors' rule: k² for a depthwise conv (groups == in_channels), else k²·C_out, also
+                # for a grouped conv (dividing by the groups would make the grouped shortcuts' weights
+                # up to √groups times larger and the logits explode at initialisation)
+                fan_out = k2 if m.groups == m.in_channels else k2 * m.out_channels
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
