@@ -147,3 +147,26 @@ def test_bad_search_settings():
         SearchController(model, {"rho": -1.0}, (64, 48), 1, 1)
     with pytest.raises(UserError, match="search.threshold"):
         SearchController(model, {"rho": 1e-4, "threshold": -1e-3}, (64, 48), 1, 1)
+
+
+def test_budget_ratio_shrinks_progressively_to_the_budget(trained_like):
+    """budget_ratio: each shrink cuts down to a target falling linearly from the supernet to the budget."""
+    import copy
+    model = copy.deepcopy(trained_like)
+    ctrl = controller(model, rho=0.0, budget_ratio=0.3, min_removable_macs=0.0)
+    supernet = ctrl.macs()
+    assert ctrl.budget == pytest.approx(0.3 * supernet)
+    # 10 steps, a shrink every step: the target falls from the supernet (step 0) to the budget (step 9)
+    half = 4
+    ctrl.maybe_shrink(model, step=half)
+    target = ctrl.budget_target(half)
+    assert target == pytest.approx(supernet * (1 - 0.7 * 4 / 9))
+    assert ctrl.budget_target(9) == ctrl.budget_target(10) == ctrl.budget
+    assert abs(ctrl.macs() - target) <= 0.05 * target and ctrl.macs() < supernet
+    ctrl.maybe_shrink(model, step=ctrl.total_steps, final=True)
+    assert abs(ctrl.macs() - ctrl.budget) <= 0.05 * ctrl.budget
+    assert profile(model, SIZE).macs == ctrl.macs()
+    with pytest.raises(UserError, match=r"search.budget_ratio must be in \(0, 1\], got 1.5"):
+        controller(model, budget_ratio=1.5)
+    with pytest.raises(UserError, match="give one of them"):
+        controller(model, budget_ratio=0.5, budget_macs=1e6)

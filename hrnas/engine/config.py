@@ -50,6 +50,7 @@ NULLABLE = {
     "search.rho": float,
     "search.rho_table.*": float,
     "search.budget_macs": float,
+    "search.budget_ratio": float,
 }
 
 

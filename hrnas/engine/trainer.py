@@ -52,6 +52,7 @@ from hrnas.engine.ema import ModelEMA
 from hrnas.engine.optim import build_optimizer_from_config, l2_penalty
 from hrnas.engine.schedule import build_scheduler_from_config
 from hrnas.errors import UserError
+from hrnas.search.controller import BUDGET_TOLERANCE
 from hrnas.io import atomic_write_json, atomic_write_text, json_default
 
 __all__ = ["Trainer", "NonFiniteLoss", "ShardSampler", "bn_calibrate", "evaluate_model", "optimizer_state_by_name",
@@ -317,10 +318,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.controller = None
         if self.search:
+            from hrnas.models import spec_of
             from hrnas.search import SearchController
 
+            spec = spec_of(self.searchable)  # a resumed run's network may be shrunk: budgets refer to its supernet
+            supernet = _profile_arch({"task": spec["task"], "model": spec["model"]}, task.input_size()).macs
             self.controller = SearchController(self.searchable, cfg["search"], input_size=task.input_size(),
-                                               steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+                                               steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                                               supernet_macs=supernet)
         self.ema_view = None if self.ema is None else _EMAView(self.ema, _module_prefix(self.net, self.searchable))
         self.step, self.elapsed = 0, 0.0
         self.best: dict | None = None
@@ -610,6 +615,9 @@ class Trainer:
         if self.progress:
             macs = f", {self.controller.macs() / 1e6:.1f} MMACs" if self.controller else ""
             tqdm.write(f"[step {step}/{self.total_steps}] {name} = {value:.4f}{macs}")
+        c = self.controller
+        if c is not None and c.budget is not None and c.macs() > c.budget * (1 + BUDGET_TOLERANCE):
+            return  # budget mode: the best-validation network among those within the budget
         if self.best is None or not value < self.best["value"]:  # ties: the later (smaller) network
             self.best = {"step": step, "metric": name, "value": value, "arch": spec_of(self.searchable)}
 

@@ -7,9 +7,12 @@ optional free period, then ramps linearly to its value (the authors: 25 epochs),
 
 Every ``shrink_every`` epochs (and at the end) channels and tokens with |γ| ≤ ``threshold`` are removed
 physically (:mod:`hrnas.search.shrink`) when that removes at least ``min_removable_macs`` MACs (or at the
-end). Optional MACs budget (ours; the supplement notes λ cannot set the size precisely): λ is scaled
-up while the live network is above the budget, shrinking never goes below it, and the final shrink
-removes the least important units (smallest |γ| per unit of cost) until the network is within it.
+end). Optional MACs budget (ours; the supplement notes λ cannot set the size precisely), absolute
+(``budget_macs``) or as a fraction of the super network (``budget_ratio``): λ is scaled up while the live
+network is above the budget; every shrink removes the dead units and then the least important live ones
+(smallest |γ| per unit of cost) down to a target that falls linearly from the super network's MACs at
+step 0 to the budget at the last shrink before the end (progressive shrinking: the network trains
+between cuts and after the last one), and never goes below the budget.
 """
 from __future__ import annotations
 
@@ -32,12 +35,15 @@ class SearchController:
     Args:
         model: the network (an ``HRNet``; DDP-wrapped is fine).
         cfg: the ``search`` section of a recipe (rho, rho_free_epochs, rho_warmup_epochs, threshold,
-            shrink_every, min_removable_macs, budget_macs, cost_size, enabled).
+            shrink_every, min_removable_macs, budget_macs or budget_ratio, cost_size, enabled).
         input_size: the task's input (H, W): MACs are accounted at this size.
         steps_per_epoch, total_steps: to convert epochs to steps.
+        supernet_macs: MACs of the super network at ``input_size`` (the start of the budget schedule and
+            the base of ``budget_ratio``); default: the given network's (pass it when resuming a shrunk one).
     """
 
-    def __init__(self, model, cfg: dict, input_size: tuple[int, int], steps_per_epoch: int, total_steps: int):
+    def __init__(self, model, cfg: dict, input_size: tuple[int, int], steps_per_epoch: int, total_steps: int,
+                 supernet_macs: int | None = None):
         self.enabled = bool(cfg.get("enabled", True))
         self.rho = float(cfg.get("rho") or 0.0)
         self.threshold = float(cfg.get("threshold", 1e-3))
@@ -48,10 +54,13 @@ class SearchController:
         self.warmup_steps = int(round(float(cfg.get("rho_warmup_epochs", 0.0)) * steps_per_epoch))
         self.shrink_interval = max(1, int(round(float(cfg.get("shrink_every", 1)) * steps_per_epoch)))
         self.min_removable = float(cfg.get("min_removable_macs", 1e6))
-        self.budget = cfg.get("budget_macs")
-        if self.budget is not None and float(self.budget) <= 0:
-            raise UserError(f"search.budget_macs must be > 0, got {self.budget}")
-        self.budget = None if self.budget is None else float(self.budget)
+        budget, ratio = cfg.get("budget_macs"), cfg.get("budget_ratio")
+        if budget is not None and not (math.isfinite(float(budget)) and float(budget) > 0):
+            raise UserError(f"search.budget_macs must be > 0, got {budget}")
+        if ratio is not None and not 0 < float(ratio) <= 1:
+            raise UserError(f"search.budget_ratio must be in (0, 1], got {ratio}")
+        if budget is not None and ratio is not None:
+            raise UserError("search.budget_macs and search.budget_ratio: give one of them, not both")
         self.total_steps = total_steps
         self.input_size = tuple(input_size)
         cost_size = cfg.get("cost_size", "task")
@@ -64,6 +73,9 @@ class SearchController:
         self._geo_cost = self._geo_task if self.cost_size == self.input_size else block_geometry(net, self.cost_size)
         self._normaliser = self._mean_unit_cost()
         self._fixed_macs = profile(net, self.input_size, on_meta=False).macs - self._variable_macs(self._geo_task)
+        self.supernet_macs = float(supernet_macs if supernet_macs is not None else self.macs())
+        self.budget = (float(budget) if budget is not None else
+                       float(ratio) * self.supernet_macs if ratio is not None else None)
 
     @staticmethod
     def _net(model):
@@ -146,11 +158,18 @@ class SearchController:
                 macs += transformer_true_macs(t, n) - transformer_true_macs(t, alive)
         return macs
 
-    def _fit_budget(self, masks, final: bool):
-        """Budget mode: revive units so as not to go below the budget; at the end, kill the least
-        important units until the network is within it."""
+    def budget_target(self, step: int) -> float:
+        """The budget schedule: the super network's MACs at step 0, falling linearly to the budget at the
+        last shrink before the end (so the final network still trains for one shrink interval)."""
+        end = max(self.total_steps - self.shrink_interval, 1)
+        t = min(max(step / end, 0.0), 1.0)
+        return max(self.budget, self.supernet_macs - (self.supernet_macs - self.budget) * t)
+
+    def _fit_budget(self, masks, step: int, final: bool):
+        """Budget mode: revive units so as not to go below the budget; kill the least important live
+        units while the network is above the scheduled target (the budget itself at the end)."""
         current = self.macs()
-        target = self.budget
+        target = self.budget if final else self.budget_target(step)
         units = []  # (importance, name, k or None, index, cost)
         for name, (paths, tokens) in masks.items():
             block, g = self._blocks[name], self._geo_task[name]
@@ -167,11 +186,11 @@ class SearchController:
         new = {name: ([torch.ones_like(m) for m in paths], None if tokens is None else torch.ones_like(tokens))
                for name, (paths, tokens) in masks.items()}
         tokens_left = {name: int(tokens.numel()) for name, (_, tokens) in masks.items() if tokens is not None}
-        macs, floor = current, target * (1 - BUDGET_TOLERANCE / 2)
+        macs, floor = current, self.budget * (1 - BUDGET_TOLERANCE / 2)
         for _, name, k, i, cost in units:
             alive = bool(masks[name][0][k][i]) if k is not None else bool(masks[name][1][i])
-            if macs - cost < floor or (alive and (not final or macs <= target)):
-                continue  # never undershoot; live units go only at the end, while above the budget
+            if macs - cost < floor or (alive and macs <= target):
+                continue  # never undershoot the budget; live units go only while above the target
             if k is None:
                 if tokens_left[name] <= 1:
                     continue
@@ -198,7 +217,7 @@ class SearchController:
             live = self.macs() - self._removable_macs(masks)
             self.rho_scale = self.rho_scale * 1.5 if live > self.budget * (1 + BUDGET_TOLERANCE / 2) else \
                 max(self.rho_scale / 1.5, 1e-3)
-            masks = self._fit_budget(masks, final)
+            masks = self._fit_budget(masks, step, final)
         removable = self._removable_macs(masks)
         if removable == 0 or (removable < self.min_removable and not final):
             return None
