@@ -84,6 +84,10 @@ def load_supernet_spec(task, spec):
 
 
 def test_bad_inputs_exit_2_with_one_line(data_dir, tmp_path, capsys):
+    from hrnas.data import ensure_dataset
+
+    for task in ("cityscapes", "kitti"):  # generated up front: its progress bars would share stderr
+        ensure_dataset(task, "smoke", progress=False)
     arch = tmp_path / "coco_arch.json"
     from hrnas.models import build_model, save_arch
 

@@ -122,7 +122,10 @@ def init_weights(model: nn.Module, method: str) -> None:
     """The authors' initialisation (official-code.md §1.7).
 
     ``mnas``: conv weights N(0, √(2 / fan_out)) with fan_out = k² (depthwise) or k²·C_out, linear weights
-    U(±1/√out_features), biases 0. ``heatmap`` (COCO keypoints): every conv N(0, 0.001), biases 0.
+    U(±1/√out_features), biases 0. ``mnas_fanin``: the same, but linear weights U(±1/√in_features)
+    (PyTorch's bound): for classifiers with few classes, where 1/√out_features is large (10 classes:
+    ±0.32 over 1600 features, a cross-entropy of 7.7 at initialisation instead of ln 10 = 2.3).
+    ``heatmap`` (COCO keypoints): every conv N(0, 0.001), biases 0.
     BatchNorm γ = 1, β = 0 everywhere. Attention in-projections keep Xavier-uniform (as MHA does).
     """
     for m in model.modules():
@@ -139,7 +142,7 @@ def init_weights(model: nn.Module, method: str) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            bound = 1.0 / math.sqrt(m.out_features)
+            bound = 1.0 / math.sqrt(m.in_features if method == "mnas_fanin" else m.out_features)
             nn.init.uniform_(m.weight, -bound, bound)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -18,7 +18,7 @@ from hrnas.engine import distributed as D
 from hrnas.errors import UserError
 
 
-INITS = (None, "mnas", "heatmap")  # null = the task's own (hrnas.models.factory.TASK_DEFAULTS)
+INITS = (None, "mnas", "mnas_fanin", "heatmap")  # null = the task's own (hrnas.models.factory.TASK_DEFAULTS)
 
 
 class Task:

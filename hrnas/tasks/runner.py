@@ -224,7 +224,8 @@ class LoadedRun:
 def load_run(run_dir, ema: bool | None = None) -> LoadedRun:
     """Open a run directory (of ``hrnas search`` / ``train``): the network of its latest checkpoint.
 
-    ``ema``: load the EMA weights (default: what the run evaluated with, ``eval.use_ema``).
+    ``ema``: load the EMA weights (default: what the run evaluated with: ``eval.use_ema`` when the run
+    kept an EMA).
     """
     run_dir = Path(run_dir).expanduser()
     record_file = run_dir / "run.json"
@@ -237,7 +238,7 @@ def load_run(run_dir, ema: bool | None = None) -> LoadedRun:
     ckpt = load_checkpoint(path)
     task = get_task(ckpt["config"])
     net = task.build_model(ckpt["arch"])
-    use_ema = ckpt["config"]["eval"]["use_ema"] if ema is None else ema
+    use_ema = (ckpt["config"]["eval"]["use_ema"] and bool(ckpt.get("ema"))) if ema is None else ema
     if use_ema and not ckpt.get("ema"):
         raise UserError(f"{path}: ema=True but the checkpoint holds no EMA weights")
     net.load_state_dict(ckpt["ema"]["shadow"] if use_ema else ckpt["model"])
