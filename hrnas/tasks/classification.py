@@ -29,7 +29,11 @@ class ClassificationTask(Task):
     def train_dataset(self, root, seed: int):
         from hrnas.data import build_dataset
 
-        ds = build_dataset("imagenet", root, "train", train=True, size=self.input_size(), seed=seed)
+        lo, hi = (float(v) for v in self.cfg["data"]["crop_scale"])
+        if not 0 < lo <= hi <= 1:
+            raise UserError(f"data.crop_scale={[lo, hi]} must satisfy 0 < min <= max <= 1")
+        ds = build_dataset("imagenet", root, "train", train=True, size=self.input_size(), seed=seed,
+                           crop_scale=(lo, hi))
         self.num_classes = ds.num_classes
         return ds
 

@@ -75,10 +75,15 @@ def _resume_checkpoint(out: Path, task: str, cfg: dict) -> dict:
 
 
 def run_experiment(task: str, mode: str = "search", out=None, data_root=None, preset: str = "tiny",
-                   overrides=(), arch=None, resume: bool = False, progress: bool = True) -> dict:
+                   overrides=(), arch=None, resume: bool = False, progress: bool = True, reuse=()) -> dict:
     """Search (``mode="search"``: the super network with the L1 penalty and progressive shrinking) or
     retrain (``mode="train"``: the architecture ``arch`` from scratch, search disabled) ``task`` into run
-    directory ``out``. Returns ``{"metrics", "best", "steps", "wall_time_s", "profile", "run_dir"}``."""
+    directory ``out``. Returns ``{"metrics", "best", "steps", "wall_time_s", "profile", "run_dir"}``.
+
+    ``reuse``: run directories (or folders of them) of earlier runs; when one finished the very same
+    experiment (mode, resolved recipe, dataset and architecture), its result is returned (with
+    ``"reused": True`` and its own ``run_dir``) and nothing is trained.
+    """
     from hrnas.engine.trainer import Trainer
 
     if mode not in MODES:
@@ -108,6 +113,10 @@ def run_experiment(task: str, mode: str = "search", out=None, data_root=None, pr
         raise UserError(f"--out {out} already holds a run (ckpt_*.pt); add --resume to continue it or choose "
                         f"another folder")
     root = resolve_data_root(task, preset, data_root if data_root is not None else cfg["data"]["root"])
+    if not resume:
+        same = find_identical_run(reuse, mode, cfg, root, spec)
+        if same is not None:
+            return same
     meta = {"mode": mode, "data_root": str(root), "synthetic": _synthetic_marker(root), "overrides": overrides,
             "arch_file": str(arch) if isinstance(arch, (str, Path)) else None}
     if ckpt is not None:
@@ -245,3 +254,26 @@ def load_run(run_dir, ema: bool | None = None) -> LoadedRun:
     root = Path(record["data_root"])
     return LoadedRun(dir=run_dir, record=record, task=task, data_root=root, synthetic=_synthetic_marker(root) is not None,
                      net=task.prepare_eval_model(net).eval(), step=int(ckpt["step"]))
+
+
+def _run_records(folders):
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        for record in [folder / "run.json", *sorted(folder.glob("*/run.json"))]:
+            try:
+                yield record.parent, json.loads(record.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+
+
+def find_identical_run(folders, mode: str, cfg: dict, data_root, arch: dict | None = None) -> dict | None:
+    """The result of a finished run in ``folders`` (run directories or their parents) with the same mode,
+    resolved recipe, dataset and (for ``train``) architecture, or None."""
+    for run_dir, run in _run_records(folders or ()):
+        if (run.get("status") == "finished" and run.get("mode") == mode and run.get("config") == cfg
+                and Path(run.get("data_root", "")) == Path(data_root)
+                and (arch is None or run.get("arch", {}).get("blocks") == arch.get("blocks"))):
+            return {"metrics": run["metrics"], "best": run.get("best"), "steps": run["step"],
+                    "wall_time_s": run.get("wall_time_s"), "profile": run.get("profile"),
+                    "run_dir": str(run_dir), "reused": True}
+    return None
