@@ -321,8 +321,10 @@ class Trainer:
             from hrnas.models import spec_of
             from hrnas.search import SearchController
 
-            spec = spec_of(self.searchable)  # a resumed run's network may be shrunk: budgets refer to its supernet
-            supernet = _profile_arch({"task": spec["task"], "model": spec["model"]}, task.input_size()).macs
+            supernet = None  # budget mode only: a resumed run's network may be shrunk, budgets refer to its supernet
+            if cfg["search"]["budget_macs"] is not None or cfg["search"]["budget_ratio"] is not None:
+                spec = spec_of(self.searchable)
+                supernet = _profile_arch({"task": spec["task"], "model": spec["model"]}, task.input_size()).macs
             self.controller = SearchController(self.searchable, cfg["search"], input_size=task.input_size(),
                                                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                                                supernet_macs=supernet)

@@ -140,13 +140,13 @@ class SearchingBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.shortcut(x)
-        if self.expand is not None and self.grad_checkpointing and self.training and torch.is_grad_enabled():
+        if self.expand is None:
+            out = out + self.bias.view(1, -1, 1, 1)
+        elif self.grad_checkpointing and self.training and torch.is_grad_enabled():
             out = out + checkpoint(self.conv_features, x, use_reentrant=False,
                                    context_fn=lambda: (contextlib.nullcontext(), _frozen_running_stats(self)))
-        elif self.expand is not None:
-            out = out + self.conv_features(x)
         else:
-            out = out + self.bias.view(1, -1, 1, 1)
+            out = out + self.conv_features(x)
         if self.transformer is not None:
             out = out + self.transformer(x)
         if self.non_local is not None:
@@ -163,7 +163,7 @@ def _frozen_running_stats(module: nn.Module):
     original pass but must not update the BN running statistics a second time: momentum 0 keeps them
     (bit for bit), and the batch counter is put back."""
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, int(m.num_batches_tracked)) for m in bns]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]  # no device sync in backward
     for m in bns:
         m.momentum = 0.0
     try:
@@ -171,4 +171,4 @@ def _frozen_running_stats(module: nn.Module):
     finally:
         for m, (momentum, count) in zip(bns, saved):
             m.momentum = momentum
-            m.num_batches_tracked.fill_(count)
+            m.num_batches_tracked.copy_(count)
