@@ -39,7 +39,7 @@ def _tree_digest(root: Path) -> dict:
 def test_markers_and_readme(smoke):
     for name, root in smoke.items():
         marker = json.loads((root / "_SYNTHETIC").read_text())
-        assert marker == {"dataset": name, "preset": "smoke", "seed": 0, "version": synthetic.GENERATOR_VERSION}
+        assert marker == {"dataset": name, "preset": "smoke", "seed": 0, "version": synthetic.generator_version(name)}
         assert "SYNTHETIC" in (root / "README.md").read_text()
         assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
 

@@ -147,7 +147,7 @@ def init_weights(model: nn.Module, method: str) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            if m.weight is not None and not getattr(m, "_zero_init", False):
+            if m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
     for m in model.modules():

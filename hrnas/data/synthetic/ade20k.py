@@ -17,6 +17,7 @@ table, chair, bed, cabinet, sofa, lamp, plant, person), written as
 and image counts measured on this data) and `sceneCategories.txt`. Only the classes painted occur;
 models keep all 150 outputs (mIoU averages the classes present, as mmseg does).
 """
+VERSION = 1  # bump when the generated data changes: cached copies are regenerated
 
 PRESETS = {"smoke": {"size": (160, 120), "train": 4, "val": 2},
            "tiny": {"size": (320, 240), "train": 200, "val": 40}}

@@ -20,6 +20,7 @@ furniture ('static', id 4), both ignored in training. Files per frame, as in the
 `_gtFine_instanceIds.png` (16-bit, id*1000+k for things), `_gtFine_color.png` (RGBA) and
 `_gtFine_polygons.json` (integer polygons in drawing order; rendering them gives the label PNGs).
 """
+VERSION = 1  # bump when the generated data changes: cached copies are regenerated
 
 PRESETS = {"smoke": {"size": (256, 128), "train": 4, "val": 2},
            "tiny": {"size": (512, 256), "train": 200, "val": 40}}

@@ -12,12 +12,13 @@ from hrnas.data.synthetic.draw import regular_polygon, sample_rng, save_jpeg, sm
 
 DESCRIPTION = """
 Ten shape classes (circle, square, triangle, star, ring, cross, stripes, checker, ellipse, diamond)
-drawn with random colour, size, position, rotation, textured background and noise, so the class is
-only in the shape. Made-up wnids n90000000..n90000009 (outside the real 1k set). Layout as after
+drawn dark on a lighter textured background, with random colours, size, position, rotation and noise,
+so the class is only in the shape. Made-up wnids n90000000..n90000009 (outside the real 1k set). Layout as after
 valprep.sh: `train/<wnid>/<wnid>_<i>.JPEG`, `val/<wnid>/ILSVRC2012_val_%08d.JPEG`, plus the Kaggle
 metadata `LOC_synset_mapping.txt` and `LOC_val_solution.csv` (which also serve a flat val folder).
 Image sizes vary (width and height 64-96 px) like real ImageNet photos.
 """
+VERSION = 2  # 2: dark shapes on lighter backgrounds, larger (was: random contrast polarity)
 
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross", "stripes", "checker", "ellipse", "diamond")
 WNIDS = tuple(f"n9000000{i}" for i in range(len(CLASSES)))
@@ -71,17 +72,17 @@ def _shape_polygons(name: str, cx, cy, r, angle, rng):
 
 def draw_sample(rng: np.random.Generator, cls: int, size_range) -> np.ndarray:
     w, h = (int(rng.integers(size_range[0], size_range[1] + 1)) for _ in range(2))
-    bg = rng.uniform(0, 255, 3)
-    fg = rng.uniform(0, 255, 3)
-    while np.abs(fg - bg).sum() < 150:           # keep the shape visible
-        fg = rng.uniform(0, 255, 3)
+    # a dark object on a lighter background, both of random colour: with the contrast polarity random too,
+    # the small CNNs here (MobileNetV2, the super network) stay at chance for 300+ steps
+    bg = rng.uniform(140, 255, 3)
+    fg = rng.uniform(0, 100, 3)
     img = bg * (1 + 0.25 * smooth_noise(rng, h, w, 10)[..., None])
     canvas = Image.fromarray(to_uint8(img))
     draw = ImageDraw.Draw(canvas)
     for _ in range(rng.integers(0, 4)):          # small distractor blobs
         x, y, s = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(2, 6)
         draw.ellipse([x - s, y - s, x + s, y + s], fill=tuple(int(c) for c in rng.uniform(0, 255, 3)))
-    r = min(w, h) * rng.uniform(0.2, 0.4)
+    r = min(w, h) * rng.uniform(0.25, 0.42)
     cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
     for poly, solid in _shape_polygons(CLASSES[cls], cx, cy, r, rng.uniform(0, 2 * np.pi), rng):
         draw.polygon([tuple(p) for p in poly], fill=tuple(int(c) for c in (fg if solid else bg)))

@@ -25,6 +25,7 @@ Objects are placed inside the smaller point-cloud range used for CPU training,
 hrnas.data.kitti.SYNTHETIC_RANGE = {list(SYNTHETIC_RANGE)} (x, y, z min then max, metres); pass it to
 the loader as `point_cloud_range`. ImageSets holds train, val and trainval (no testing/ split).
 """
+VERSION = 1  # bump when the generated data changes: cached copies are regenerated
 
 PRESETS = {"smoke": {"beams": 32, "azimuth_step": 0.4, "train": 4, "val": 2},
            "tiny": {"beams": 32, "azimuth_step": 0.2, "train": 200, "val": 50}}
