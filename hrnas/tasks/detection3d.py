@@ -6,6 +6,8 @@ head (OpenPCDet layout). The search penalises and shrinks the backbone only. Eva
 result files (camera-frame boxes, 2D boxes from the projected corners, alpha) and scores them with the
 official protocol (``hrnas.metrics.kitti.evaluate``) on the val split. Pillar caps: ``data.pillars``
 ``paper`` (12 000 pillars × 100 points) or ``openpcdet`` (16 000 train / 40 000 test × 32).
+``model.head_stride`` (1 or 2, default 2) is the anchor head's stride on the pillar grid: the anchor
+spacing in metres is ``head_stride × voxel size`` (OpenPCDet: 2 × 0.16 m = 0.32 m).
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from hrnas.metrics import kitti as K
 from hrnas.tasks.base import Task, eval_bar, gather_objects
 
 BACKBONE_STRIDE = 4
-HEAD_STRIDE = 2
+HEAD_STRIDE = 2  # default of model.head_stride (OpenPCDet's single-scale head)
+HEAD_STRIDES = (1, 2)  # proper divisors of BACKBONE_STRIDE the deconvolution can reach
 PILLAR_PRESETS = {"paper": {"train": 12000, "test": 12000, "points": 100},
                   "openpcdet": {"train": 16000, "test": 40000, "points": 32}}
 
@@ -51,16 +54,30 @@ class Detection3DTask(Task):
                             f"must be multiples of 32 for the HR-NAS backbone")
         return ny, nx
 
+    def head_stride(self) -> int:
+        """``model.head_stride``: stride of the anchor head on the pillar grid."""
+        stride = self.cfg["model"].get("head_stride", HEAD_STRIDE)
+        if stride not in HEAD_STRIDES:
+            raise UserError(f"model.head_stride={stride!r} is not one of {', '.join(map(str, HEAD_STRIDES))}")
+        return stride
+
+    def model_options(self) -> dict:
+        """The backbone's build options: the ``model`` section without the detector's ``head_stride``."""
+        opts = super().model_options()
+        opts.pop("head_stride", None)
+        return opts
+
     def build_model(self, arch=None):
         from hrnas.models import build_model
         from hrnas.models.pointpillars import PointPillarsDetector
 
         self.input_size()
+        stride = self.head_stride()
         backbone = build_model("kitti", arch=arch) if arch is not None else \
             build_model("kitti", **self.model_options())
         e = self.cfg["eval"]
         return PointPillarsDetector(backbone, backbone.head.out_channels, BACKBONE_STRIDE, self.pillar_config(True),
-                                    CLASSES, upsample_to_stride=HEAD_STRIDE,
+                                    CLASSES, upsample_to_stride=stride,
                                     test_cfg={"score_thr": e["score_thr"], "nms": e["nms"], "nms_iou": e["nms_iou"]})
 
     def searchable(self, model):
