@@ -428,3 +428,33 @@ def test_add_arguments_plugs_into_a_subcommand(toys, tmp_path):
     args = parser.parse_args(["reproduce", "--notebooks-dir", str(toys), "--only", "zz"])
     with pytest.raises(UserError):
         rp.run_from_args(args)
+
+
+def test_parallel_jobs_overlap_independent_notebooks_and_respect_dependencies(tmp_path, monkeypatch):
+    """jobs=2: two independent notebooks run at the same time (each kernel with cores // 2 threads), a
+    dependent one only after its dependency; the results keep the plan order."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(rp.os, "cpu_count", lambda: 4)
+    params = 'out_dir: str = "."  # run folder\n'
+    cells = lambda name: [  # noqa: E731
+        "import os, time\nfrom hrnas.reproduce import record_metrics\nstart = time.time()\ntime.sleep(3)",
+        f"record_metrics(out_dir, '{name}', {{'start': start, 'end': time.time(), "
+        f"'threads': os.environ.get('OMP_NUM_THREADS')}})"]
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    make_nb(folder, "00_first", params, cells("00_first"))
+    make_nb(folder, "01_second", params, cells("01_second"))
+    make_nb(folder, "02_after_first", params, cells("02_after_first"), depends=["00_first"])
+    results = rp.reproduce(notebooks_dir=folder, out=tmp_path / "runs", figures_dir=tmp_path / "f",
+                           progress=False, jobs=2)
+    assert [r.name for r in results] == ["00_first", "01_second", "02_after_first"]
+    assert all(r.ok for r in results), [r.error for r in results]
+    m = {r.name: r.metrics for r in results}
+    assert m["00_first"]["start"] < m["01_second"]["end"] and m["01_second"]["start"] < m["00_first"]["end"]
+    assert m["02_after_first"]["start"] > m["00_first"]["end"]
+    assert {v["threads"] for v in m.values()} == {"2"}
+    assert json.loads((tmp_path / "runs" / "00_first.run.json").read_text())["kernel_threads"] == 2
+    assert "OMP_NUM_THREADS" not in rp.os.environ  # restored after the batch
+    with pytest.raises(UserError, match=r"^jobs: must be an integer >= 1, got 0$"):
+        rp.reproduce(notebooks_dir=folder, out=tmp_path / "o", progress=False, jobs=0)
