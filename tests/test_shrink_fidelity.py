@@ -1,6 +1,6 @@
 """The search's shrinking as the authors' code does it (issue #13, items 1-5): the EMA decides, the EMA is
 folded with its own tensors, token removal is measured, SE of an emptied block is folded, the authors'
-token penalty and removable-MACs size."""
+token penalty and removable-MACs size, and budgets measured at another input size."""
 import copy
 
 import pytest
@@ -348,4 +348,24 @@ def test_removable_macs_are_counted_at_the_cost_size():
     removable, report = shrunk("task")
     assert removable == 3 * 11_520 and report is None  # below min_removable_macs = 1e5
     c = load_config("cityscapes", "paper")["search"]
-    assert (c["removable_size"], c["token_cost"], c["cost_size"]) == ("cost", "hrnas", 224)
+    assert (c["removable_size"], c["token_cost"], c["cost_size"], c["budget_size"]) == ("cost", "hrnas", 224, None)
+
+
+# ---- search.budget_size ---------------------------------------------------------------------------
+def test_budget_given_at_another_input_size():
+    """A budget in MACs at 512×1024 while the search runs at 32×32 lands within the tolerance when the
+    network is profiled at 512×1024 (conv MACs scale with the area, the transformers' do not)."""
+    model = net().float()
+    big = (512, 1024)
+    ctrl = controller(model, rho=0.0, budget_ratio=0.3, budget_size=list(big))
+    target = ctrl.budget
+    assert target == pytest.approx(0.3 * ctrl.supernet_macs) and ctrl.supernet_macs == ctrl.macs_at_budget_size()
+    assert target > ctrl.macs() == profile(model, SIZE).macs  # taken at the task's size it would remove nothing
+    report = ctrl.maybe_shrink(model, step=9, final=True)
+    at_big = profile(model, big, on_meta=False).macs
+    assert abs(at_big - target) <= 0.05 * target
+    assert report["macs_at_budget_size"] == at_big == ctrl.macs_at_budget_size()
+    assert report["macs"] == profile(model, SIZE).macs
+    with pytest.raises(UserError, match=r"search.budget_size must be null .* got \[512\]"):
+        controller(model, budget_size=[512])
+    assert load_config("cityscapes", "tiny", ["search.budget_size=[512, 1024]"])["search"]["budget_size"] == [512, 1024]

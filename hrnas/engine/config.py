@@ -53,6 +53,7 @@ NULLABLE = {
     "search.rho_table.*": float,
     "search.budget_macs": float,
     "search.budget_ratio": float,
+    "search.budget_size": list,
 }
 
 

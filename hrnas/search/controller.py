@@ -16,7 +16,9 @@ removable (always at the end), counted at ``search.cost_size`` (``removable_size
 Every shrink also reports the output change it caused on a probe batch (:mod:`hrnas.search.probe`).
 
 Optional MACs budget (ours; the supplement notes λ cannot set the size precisely), absolute
-(``budget_macs``) or as a fraction of the super network (``budget_ratio``): λ is scaled up while the network is above the budget;
+(``budget_macs``) or as a fraction of the super network (``budget_ratio``), measured at the task's input
+size or at ``budget_size`` [H, W] (the accounting then uses the per-unit costs at that size: conv MACs
+scale with the area, transformer MACs do not): λ is scaled up while the network is above the budget;
 every shrink removes the dead units and then the least important live ones down to a target that falls
 linearly from the super network's MACs at step 0 to the budget at the last shrink before the end
 (progressive shrinking: the network trains between cuts and after the last one), and never goes below
@@ -41,6 +43,19 @@ TOKEN_COSTS = ("hrnas", "true")
 REMOVABLE_SIZES = ("cost", "task")
 
 
+def budget_input_size(cfg: dict, input_size: tuple[int, int]) -> tuple[int, int]:
+    """The input (H, W) at which ``search.budget_macs`` / ``budget_ratio`` are measured: ``budget_size``,
+    or the task's ``input_size`` when it is null."""
+    size = cfg.get("budget_size")
+    if size is None or size == "task":
+        return tuple(input_size)
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise UserError(f"search.budget_size must be null (the task's input size) or [H, W] of positive "
+                        f"integers, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
 class SearchController:
     """Penalty and shrinking for one network (the HR-NAS part of the task model).
 
@@ -49,11 +64,12 @@ class SearchController:
             of the last training step as the probe batch of the shrink reports.
         cfg: the ``search`` section of a recipe (rho, rho_free_epochs, rho_warmup_epochs, threshold,
             shrink_every, min_removable_macs, removable_size, token_cost, budget_macs or budget_ratio,
-            cost_size, enabled).
+            budget_size, cost_size, enabled).
         input_size: the task's input (H, W): MACs are accounted at this size.
         steps_per_epoch, total_steps: to convert epochs to steps.
-        supernet_macs: MACs of the super network at ``input_size`` (the start of the budget schedule and
-            the base of ``budget_ratio``); default: the given network's (pass it when resuming a shrunk one).
+        supernet_macs: MACs of the super network at the budget size (the task's input size unless
+            ``budget_size``): the start of the budget schedule and the base of ``budget_ratio``; default:
+            the given network's (pass it when resuming a shrunk one).
     """
 
     def __init__(self, model, cfg: dict, input_size: tuple[int, int], steps_per_epoch: int, total_steps: int,
@@ -85,6 +101,7 @@ class SearchController:
         self.input_size = tuple(input_size)
         cost_size = cfg.get("cost_size", "task")
         self.cost_size = self.input_size if cost_size == "task" else (int(cost_size), int(cost_size))
+        self.budget_size = budget_input_size(cfg, self.input_size)
         self.rho_scale = 1.0
         self.history: list[dict] = []
         net = self._net(model)
@@ -92,12 +109,15 @@ class SearchController:
         self._geo_task = block_geometry(net, self.input_size)
         self._geo_cost = self._geometry(net, self.cost_size)
         self._geo_removable = self._geo_cost if self.removable_size == "cost" else self._geo_task
+        self._geo_budget = self._geometry(net, self.budget_size)
         self._token_base = {name: hrnas_token_base(b.transformer, b.transformer.num_tokens)
                             for name, b in self._blocks.items()
                             if b.transformer is not None and b.transformer.token_mode == "channel"}
         self._normaliser = self._mean_unit_cost()
         self._fixed_macs = profile(net, self.input_size, on_meta=False).macs - self._variable_macs(self._geo_task)
-        self.supernet_macs = float(supernet_macs if supernet_macs is not None else self.macs())
+        self._fixed_budget = self._fixed_macs if self.budget_size == self.input_size else \
+            profile(net, self.budget_size, on_meta=False).macs - self._variable_macs(self._geo_budget)
+        self.supernet_macs = float(supernet_macs if supernet_macs is not None else self.macs_at_budget_size())
         self.budget = (float(budget) if budget is not None else
                        float(ratio) * self.supernet_macs if ratio is not None else None)
         self._probe = ProbeBatch(net)
@@ -145,6 +165,10 @@ class SearchController:
     def macs(self) -> int:
         """MACs of the current network at the task's input size (equals ``hrnas.profile``)."""
         return self._fixed_macs + self._variable_macs(self._geo_task)
+
+    def macs_at_budget_size(self) -> int:
+        """MACs of the current network at ``budget_size`` (equals ``hrnas.profile`` at that size)."""
+        return self._fixed_budget + self._variable_macs(self._geo_budget)
 
     # ---- penalty -----------------------------------------------------------------------------------
     def rho_at(self, step: int) -> float:
@@ -223,13 +247,13 @@ class SearchController:
 
     def _fit_budget(self, scores, masks, step: int, final: bool):
         """Budget mode: revive units so as not to go below the budget; kill the least important live
-        units (smallest score per MAC) while the network is above the scheduled
+        units (smallest score per MAC at the budget size) while the network is above the scheduled
         target (the budget itself at the end)."""
-        current = self.macs()
+        current = self.macs_at_budget_size()
         target = self.budget if final else self.budget_target(step)
         units = []  # (importance, name, k or None, index, cost)
         for name, (paths, tokens) in scores.items():
-            block, g = self._blocks[name], self._geo_task[name]
+            block, g = self._blocks[name], self._geo_budget[name]
             for k, score in enumerate(paths):
                 cost = g.channel_cost(block.kernels[k])
                 units.extend((v / cost, name, k, i, cost) for i, v in enumerate(score.tolist()))
@@ -277,7 +301,7 @@ class SearchController:
         masks = self._alive(scores)
         decision = masks if final or ema is None else self._alive(self._scores(ema, "ema"))
         if self.budget is not None:
-            live = self.macs() - self._removable_macs(masks, self._geo_task)
+            live = self.macs_at_budget_size() - self._removable_macs(masks, self._geo_budget)
             self.rho_scale = self.rho_scale * 1.5 if live > self.budget * (1 + BUDGET_TOLERANCE / 2) else \
                 max(self.rho_scale / 1.5, 1e-3)
             masks = decision = self._fit_budget(scores, masks, step, final)
@@ -287,7 +311,7 @@ class SearchController:
         if all(bool(m.all()) for paths, tokens in masks.values()
                for m in [*paths, *([] if tokens is None else [tokens])]):
             return None  # the EMA's dead units are alive in the live weights
-        before = self.macs()
+        before, before_budget = self.macs(), self.macs_at_budget_size()
         shadow = None if ema is None else ema.shadow
         token_blocks = {name: self._blocks[name].transformer for name, (_, tokens) in masks.items()
                         if tokens is not None and not bool(tokens.all())}
@@ -307,6 +331,9 @@ class SearchController:
                   "params": sum(p.numel() for p in net.parameters()),
                   "removed_channels": log.removed_channels, "removed_tokens": log.removed_tokens,
                   "rho_scale": self.rho_scale}
+        if self.budget_size != self.input_size:
+            report.update(budget_size=list(self.budget_size), macs_before_at_budget_size=before_budget,
+                          macs_at_budget_size=self.macs_at_budget_size())
         if change:
             report["output_change"] = change
         self.history.append(report)
