@@ -35,8 +35,8 @@ def transformer_true_macs(t: LightweightTransformer, num_tokens: int) -> int:
 
 def transformer_hrnas_macs(t: LightweightTransformer, num_tokens: int) -> int:
     """MACs the authors' profiler reports for a channel-token transformer with ``num_tokens`` tokens: its
-    two 1×1 projections at s×s plus :meth:`LightweightTransformer.hrnas_attention_macs` (official-code.md
-    §2.3: ``n·d·(C_in + 2 + C_out) + 4·n·d² + 2·n²·d + 4·n`` with a decoder)."""
+    two 1×1 projections at s×s plus :meth:`LightweightTransformer.hrnas_attention_macs`, i.e.
+    ``n·d·(C_in + 2 + C_out) + 4·n·d² + 2·n²·d + 4·n`` with a decoder (``2·n`` without)."""
     s2 = t.proj_size ** 2
     dim, length = t.token_shape(num_tokens)
     ffn_linears = 4 if t.decoder is not None else 2
