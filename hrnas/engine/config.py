@@ -36,6 +36,8 @@ CHOICES = {
     "search.variant": ("A", "B"),
     "search.lambda_source": ("paper", "code"),
     "search.cost_size": (224, "task"),
+    "search.removable_size": ("cost", "task"),
+    "search.token_cost": ("hrnas", "true"),
     "search.token_alive": ("signed", "abs"),
     "search.export": ("best_val", "final"),
     "eval.mode": ("whole", "slide"),
@@ -51,6 +53,7 @@ NULLABLE = {
     "search.rho_table.*": float,
     "search.budget_macs": float,
     "search.budget_ratio": float,
+    "search.budget_size": list,
 }
 
 

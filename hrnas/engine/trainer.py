@@ -319,12 +319,13 @@ class Trainer:
         self.controller = None
         if self.search:
             from hrnas.models import spec_of
-            from hrnas.search import SearchController
+            from hrnas.search import SearchController, budget_input_size
 
             supernet = None  # budget mode only: a resumed run's network may be shrunk, budgets refer to its supernet
             if cfg["search"]["budget_macs"] is not None or cfg["search"]["budget_ratio"] is not None:
                 spec = spec_of(self.searchable)
-                supernet = _profile_arch({"task": spec["task"], "model": spec["model"]}, task.input_size()).macs
+                supernet = _profile_arch({"task": spec["task"], "model": spec["model"]},
+                                         budget_input_size(cfg["search"], task.input_size())).macs
             self.controller = SearchController(self.searchable, cfg["search"], input_size=task.input_size(),
                                                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                                                supernet_macs=supernet)

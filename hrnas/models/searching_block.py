@@ -122,7 +122,7 @@ class SearchingBlock(nn.Module):
             if attention.type == "transformer" and tokens > 0:
                 self.transformer = LightweightTransformer(inp, oup, tokens, attention.proj, attention.decoder,
                                                           attention.token_mode, downsample=stride == 2)
-            elif attention.type == "se":
+            elif attention.type == "se" and total:  # an emptied block's SE is folded into its bias
                 self.se = SqueezeExcite(oup, max(1, round(inp * 0.25)))
             elif attention.type == "nonlocal" and self.residual:
                 self.non_local = NonLocal(inp)

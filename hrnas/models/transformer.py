@@ -44,15 +44,13 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
 
-    def forward(self, query: torch.Tensor, memory: torch.Tensor, key_mask: torch.Tensor | None = None):
+    def forward(self, query: torch.Tensor, memory: torch.Tensor):
         q = self.q(query)
         if q.dim() == 2:  # learned queries shared by the batch
             q = q.expand(memory.shape[0], -1, -1)
         q = q.unsqueeze(1)
         k, v = self.kv(memory).unsqueeze(1).chunk(2, dim=-1)
-        mask = None if key_mask is None else key_mask.view(1, 1, 1, -1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.squeeze(1))
 
 
@@ -76,8 +74,8 @@ class EncoderLayer(nn.Module):
         self.drop1 = nn.Dropout(dropout)
         self.drop2 = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.norm1(x + self.drop1(self.attn(x, x, key_mask)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop1(self.attn(x, x)))
         return self.norm2(x + self.drop2(self.ffn(x)))
 
 
@@ -93,8 +91,8 @@ class DecoderLayer(nn.Module):
         self.drop1 = nn.Dropout(dropout)
         self.drop2 = nn.Dropout(dropout)
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor, key_mask: torch.Tensor | None = None):
-        x = self.norm1(memory + self.drop1(self.attn(queries, memory, key_mask)))
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor):
+        x = self.norm1(memory + self.drop1(self.attn(queries, memory)))
         return self.norm2(x + self.drop2(self.ffn(x)))
 
 
@@ -104,6 +102,10 @@ class LightweightTransformer(nn.Module):
     Args:
         in_channels / out_channels: the block's input and output widths.
         num_tokens: n, the number of tokens (= decoder queries); searched and shrunk via ``input_norm``.
+            Every token, whatever its γ, takes part in the attention in training and in eval alike, so
+            removing one (progressive shrinking) changes the output: a token with γ = 0 still feeds its
+            constant row β into the softmax. The search measures that change at every shrink
+            (:mod:`hrnas.search.probe`).
         proj_size: s, the projection size; tokens have dimension s² (channel tokens).
         decoder: False gives the "encoder only" ablation.
         token_mode: ``channel`` (paper) or ``spatial`` (supplement Table 2 ablation).
@@ -135,14 +137,6 @@ class LightweightTransformer(nn.Module):
         area = self.proj_size ** 2
         return (area, num_tokens) if self.token_mode == "channel" else (num_tokens, area)
 
-    def _dead_tokens(self) -> torch.Tensor | None:
-        """Channel tokens whose importance γ is exactly 0 carry no information: in eval mode they are
-        masked out of the attention so that removing them (progressive shrinking) is exact."""
-        if self.training or self.token_mode != "channel" or self.input_norm.weight.is_meta:
-            return None
-        dead = self.input_norm.weight == 0
-        return dead if bool(dead.any()) and not bool(dead.all()) else None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         s = self.proj_size
@@ -152,13 +146,9 @@ class LightweightTransformer(nn.Module):
         tokens = maps.flatten(2)
         if self.token_mode == "spatial":
             tokens = tokens.transpose(1, 2)
-        dead = self._dead_tokens()
-        key_mask = None if dead is None else ~dead
-        memory = self.encoder(tokens, key_mask)
+        memory = self.encoder(tokens)
         if self.decoder is not None:
-            memory = self.decoder(self.query_embed, memory, key_mask)
-        if dead is not None:
-            memory = memory.masked_fill(dead.view(1, -1, 1), 0.0)
+            memory = self.decoder(self.query_embed, memory)
         if self.token_mode == "spatial":
             memory = memory.transpose(1, 2)
         out = self.reverse_norm(self.reverse_proj(memory.reshape(b, -1, s, s)))

@@ -1,7 +1,9 @@
-"""Resource-aware search with progressive shrinking (paper §3.3): penalty, exact shrinking, budget mode."""
-from hrnas.search.controller import SearchController
-from hrnas.search.costs import block_geometry, transformer_true_macs
-from hrnas.search.shrink import ShrinkLog, shrink_block, shrink_tokens
+"""Resource-aware search with progressive shrinking (paper §3.3): penalty, shrinking (exact for channels,
+measured for tokens), budget mode."""
+from hrnas.search.controller import SearchController, budget_input_size
+from hrnas.search.costs import block_geometry, transformer_hrnas_macs, transformer_true_macs
+from hrnas.search.probe import measure_shrink
+from hrnas.search.shrink import ShrinkLog, se_of_constant, shrink_block, shrink_tokens
 
-__all__ = ["SearchController", "block_geometry", "transformer_true_macs", "ShrinkLog", "shrink_block",
-           "shrink_tokens"]
+__all__ = ["SearchController", "budget_input_size", "block_geometry", "transformer_hrnas_macs",
+           "transformer_true_macs", "measure_shrink", "ShrinkLog", "se_of_constant", "shrink_block", "shrink_tokens"]

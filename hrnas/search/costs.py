@@ -1,9 +1,19 @@
 """Resource costs of the searchable units (paper §3.3; reference official-code.md §3.2, §3.5).
 
 A hidden channel of kernel path k in a searching block costs its expand row, its depthwise filter
-and its projection column: ``inp·H_in·W_in + k²·H_out·W_out + oup·H_out·W_out`` MACs. A transformer
-token costs the difference of the transformer's true MACs with n and n−1 tokens. Both are measured at
-one input size (the task's by default; the authors used 224×224 for every task).
+and its projection column: ``inp·H_in·W_in + k²·H_out·W_out + oup·H_out·W_out`` MACs, at one input size
+(``search.cost_size``: the authors used 224×224 for every task). A transformer's cost does not depend on
+the input size. Its tokens are weighted in the penalty in one of two ways (``search.token_cost``):
+
+* ``hrnas`` (the authors' ``PruneInfoTransformer.update_penalty``): with F the transformer's MACs in the
+  authors' profiler convention at its initial n0 tokens, d the token dimension and n the tokens alive
+  now, a token costs ``(F − 2·n0²·d)/n0 + 2·(n² − (n−1)²)·d``: the per-token share of everything but
+  the encoder's two attention matmuls (QKᵀ, AV: 2·n²·d) plus the marginal cost of those. The authors
+  hard-code d = 64, which is s² for their s = 8; we use d = s² (the channel token's dimension).
+* ``true`` (ours): the difference of the transformer's true MACs with n and n−1 tokens (about 2.4× the
+  ``hrnas`` weight for n = 64, s = 8, C = 18: every projection and both attention layers counted).
+
+Removing a token (budget accounting, removable MACs) always counts its true MACs.
 """
 from __future__ import annotations
 
@@ -21,6 +31,26 @@ def transformer_true_macs(t: LightweightTransformer, num_tokens: int) -> int:
     projections = s2 * num_tokens * (t.in_channels + 2) + s2 * num_tokens * t.out_channels
     layers = 2 if t.decoder is not None else 1
     return projections + layers * (6 * length * dim * dim + 2 * length * length * dim)  # = attention_macs
+
+
+def transformer_hrnas_macs(t: LightweightTransformer, num_tokens: int) -> int:
+    """MACs the authors' profiler reports for a channel-token transformer with ``num_tokens`` tokens: its
+    two 1×1 projections at s×s plus :meth:`LightweightTransformer.hrnas_attention_macs`, i.e.
+    ``n·d·(C_in + 2 + C_out) + 4·n·d² + 2·n²·d + 4·n`` with a decoder (``2·n`` without)."""
+    s2 = t.proj_size ** 2
+    dim, length = t.token_shape(num_tokens)
+    ffn_linears = 4 if t.decoder is not None else 2
+    projections = s2 * num_tokens * (t.in_channels + 2) + s2 * num_tokens * t.out_channels
+    return projections + 2 * length * length * dim + 4 * length * dim * dim + ffn_linears * length
+
+
+def hrnas_token_base(t: LightweightTransformer, initial_tokens: int) -> int:
+    """The n-independent part of the authors' per-token cost, ``(F − 2·n0²·d)/n0`` with F =
+    :func:`transformer_hrnas_macs` at n0 = ``initial_tokens`` and d = s². F is linear in n0 apart from
+    the 2·n0²·d term, so the value is the same for every n0 (a resumed, already shrunk transformer
+    gives the super network's value)."""
+    d = t.proj_size ** 2
+    return (transformer_hrnas_macs(t, initial_tokens) - 2 * initial_tokens ** 2 * d) // initial_tokens
 
 
 @dataclass

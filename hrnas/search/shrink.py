@@ -1,17 +1,23 @@
 """Progressive shrinking: physically remove dead channels, kernel paths, blocks and tokens
 (paper §3.3; reference official-code.md §3.4–§3.5).
 
-A channel of kernel path k is dead when |γ| of its depthwise BN is at most the threshold. Removing it
-deletes its expand row, its BN entries, its depthwise filter and its projection column; a path with no
-channel left disappears; a block with no path left becomes its shortcut. A transformer token is dead when
-|γ| of ``input_norm`` is at most the threshold (at least one token is kept).
+Which channels and tokens are dead is decided by :class:`hrnas.search.SearchController` (|γ| of the
+depthwise BN / of ``input_norm`` at most the threshold, in the live and the EMA weights). Removing a
+channel deletes its expand row, its BN entries, its depthwise filter and its projection column; a path
+with no channel left disappears; a block with no path left becomes its shortcut plus a per-channel
+``bias``. At least one token of a transformer is kept.
 
-Removal is exact: a dead channel still emits the constant act(β) (its BN output when γ = 0), which
-the projection turns into a constant per output channel. We fold it into the running mean of the
-projection BN (so eval-mode outputs are unchanged; in train mode the batch mean absorbs it anyway). When
-a block loses every path, the constant that its projection BN produced is kept as the block's ``bias``.
-Dead tokens (γ = 0) are masked out of attention by the transformer in eval mode, so their removal is
-exact too. The authors disabled this compensation (official-code.md §8.2 item 6).
+Channel removal is exact for a channel whose γ is 0: it still emits the constant act(β), which the
+projection turns into a constant per output channel. We fold it into the running mean of the projection
+BN (eval-mode outputs unchanged; in train mode the batch mean absorbs it anyway). When a block loses
+every path, the constant its projection BN produced (passed through the block's SE gate, if any: SE of a
+constant map is a constant) becomes the block's ``bias``. The EMA shadow is folded with its *own*
+tensors (its β, projection weights, BN statistics, SE weights), so the EMA network's output is unchanged
+too. The authors disabled this compensation (official-code.md §8.2 item 6).
+
+Token removal is not exact (a dead token's constant row still takes part in the attention softmax, and
+after the first attention layer its row depends on the input; no fold can remove it): the controller
+measures the change on a probe batch at every shrink (:mod:`hrnas.search.probe`).
 
 Parameters are shrunk in place (the same ``nn.Parameter`` objects keep their identity), so optimizer
 state is sliced with :func:`hrnas.engine.optim.slice_optimizer_state`; the EMA shadow is sliced, renamed
@@ -37,6 +43,8 @@ class ShrinkLog:
     renamed: dict = field(default_factory=dict)    # old name -> new name
     shifted: dict = field(default_factory=dict)    # name -> value subtracted (BN running mean folding)
     added: dict = field(default_factory=dict)      # name -> new parameter (block bias)
+    ema_shifted: dict = field(default_factory=dict)  # the same two, computed from the EMA shadow's tensors
+    ema_added: dict = field(default_factory=dict)
     removed_channels: int = 0
     removed_tokens: int = 0
 
@@ -62,33 +70,71 @@ def _drop_module(module: nn.Module, prefix: str, log: ShrinkLog) -> None:
         log.dropped.append((f"{prefix}{name}", tensor if isinstance(tensor, nn.Parameter) else None))
 
 
+def se_of_constant(se: nn.Module, c: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+    """SE applied to a map that is the constant ``c`` (per channel) everywhere: its average pool is ``c``,
+    so SE(c) = c·σ(expand(relu(reduce(c)))), a constant too. ``params``: other weights for ``se`` (EMA)."""
+    x = c.view(1, -1, 1, 1)
+    y = se(x) if params is None else torch.func.functional_call(se, params, (x,))
+    return y.flatten()
+
+
+def _constant_shift(get, block: SearchingBlock, alive: list[torch.Tensor], offsets: torch.Tensor) -> torch.Tensor:
+    """Σ_k W[:, dead_k]·act(β_k[dead_k]): what the dead channels add to the projection's output, from the
+    tensors ``get(name)`` (names relative to the block: the live ones or the EMA's)."""
+    w = get("project.weight")[:, :, 0, 0]
+    delta = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    for k, mask in enumerate(alive):
+        dead = (~mask).nonzero().flatten().to(w.device)
+        if dead.numel():
+            delta += w[:, offsets[k] + dead] @ block.act(get(f"dw_bn.{k}.bias")[dead].clone())
+    return delta
+
+
+def _emptied_bias(get, block: SearchingBlock, delta: torch.Tensor) -> torch.Tensor:
+    """The constant output of a block whose every path is removed: the projection BN (eval mode) of the
+    folded constant ``delta``, then the block's SE gate."""
+    bn = block.project_bn
+    mean, var = get("project_bn.running_mean"), get("project_bn.running_var")
+    value = get("project_bn.weight") * (delta - mean) / torch.sqrt(var + bn.eps) + get("project_bn.bias")
+    if block.se is not None:
+        value = se_of_constant(block.se, value, {n: get(f"se.{n}") for n, _ in block.se.named_parameters()})
+    return value
+
+
 @torch.no_grad()
-def shrink_block(block: SearchingBlock, alive: list[torch.Tensor], prefix: str, log: ShrinkLog) -> None:
-    """Keep the channels ``alive[k]`` (bool per hidden channel) of each kernel path of ``block``."""
+def shrink_block(block: SearchingBlock, alive: list[torch.Tensor], prefix: str, log: ShrinkLog,
+                 shadow=None) -> None:
+    """Keep the channels ``alive[k]`` (bool per hidden channel) of each kernel path of ``block``.
+
+    ``shadow``: the EMA shadow (a mapping by the network's state-dict names, ``prefix`` included); its
+    fold is computed from its own tensors and applied by :func:`apply_to_ema`.
+    """
     if block.expand is None or all(bool(m.all()) for m in alive):
         return
     offsets = torch.tensor([0, *block.hidden]).cumsum(0)
-    delta = torch.zeros(block.oup, dtype=block.project.weight.dtype, device=block.project.weight.device)
-    w = block.project.weight[:, :, 0, 0]
-    for k, mask in enumerate(alive):
-        dead = (~mask).nonzero().flatten()
-        if dead.numel():
-            const = block.act(block.dw_bn[k].bias[dead].clone())
-            delta += w[:, offsets[k] + dead] @ const
-            log.removed_channels += int(dead.numel())
+    live = block.state_dict(keep_vars=True)
+    getters = {"live": lambda n: live[n].detach()}
+    if shadow is not None:
+        getters["ema"] = lambda n: shadow[f"{prefix}{n}"]
+    deltas = {which: _constant_shift(get, block, alive, offsets) for which, get in getters.items()}
+    log.removed_channels += sum(int((~m).sum()) for m in alive)
     keep = torch.cat([offsets[k] + m.nonzero().flatten() for k, m in enumerate(alive)])
-    if keep.numel() == 0:  # the block becomes its shortcut plus the constant its BN produced
-        bn = block.project_bn
-        value = bn.weight * (delta - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) + bn.bias
-        for attr in ("expand", "expand_bn", "dw", "dw_bn", "project", "project_bn"):
-            _drop_module(getattr(block, attr), f"{prefix}{attr}.", log)
-            setattr(block, attr, None)
-        block.bias = nn.Parameter(value.detach().clone())
+    if keep.numel() == 0:  # the block becomes its shortcut plus the constant its BN (and SE) produced
+        values = {which: _emptied_bias(get, block, deltas[which]) for which, get in getters.items()}
+        for attr in ("expand", "expand_bn", "dw", "dw_bn", "project", "project_bn", "se"):
+            if getattr(block, attr) is not None:
+                _drop_module(getattr(block, attr), f"{prefix}{attr}.", log)
+                setattr(block, attr, None)
+        block.bias = nn.Parameter(values["live"].detach().clone())
         log.added[f"{prefix}bias"] = block.bias
+        if "ema" in values:
+            log.ema_added[f"{prefix}bias"] = values["ema"]
         block.kernels, block.hidden = (), ()
         return
-    block.project_bn.running_mean -= delta
-    log.shifted[f"{prefix}project_bn.running_mean"] = delta
+    block.project_bn.running_mean -= deltas["live"]
+    log.shifted[f"{prefix}project_bn.running_mean"] = deltas["live"]
+    if "ema" in deltas:
+        log.ema_shifted[f"{prefix}project_bn.running_mean"] = deltas["ema"]
     _slice_(block.expand, "weight", keep, 0, log, f"{prefix}expand.")
     block.expand.out_channels = int(keep.numel())
     _slice_bn(block.expand_bn, keep, log, f"{prefix}expand_bn.")
@@ -120,7 +166,9 @@ def shrink_block(block: SearchingBlock, alive: list[torch.Tensor], prefix: str, 
 
 @torch.no_grad()
 def shrink_tokens(block: SearchingBlock, alive: torch.Tensor, prefix: str, log: ShrinkLog) -> None:
-    """Keep the transformer tokens ``alive`` (bool per token); at least one token survives."""
+    """Keep the transformer tokens ``alive`` (bool per token); at least one token survives.
+
+    Not exact, whatever γ is (see the module docstring): the controller reports the measured change."""
     t = block.transformer
     if t is None or t.token_mode != "channel" or bool(alive.all()):
         return
@@ -157,9 +205,13 @@ def apply_to_optimizer(optimizer: torch.optim.Optimizer | None, log: ShrinkLog) 
 
 
 def apply_to_ema(ema, log: ShrinkLog) -> None:
-    """Slice, drop, rename and shift the EMA shadow tensors like the model's."""
+    """Slice, drop, rename and shift the EMA shadow tensors like the model's; the folds are the EMA's own
+    (``shrink_block(..., shadow=ema.shadow)`` computed them)."""
     if ema is None:
         return
+    missing = sorted((set(log.shifted) - set(log.ema_shifted)) | (set(log.added) - set(log.ema_added)))
+    if missing:
+        raise ValueError(f"no EMA fold for {missing[:3]}: pass the EMA shadow to shrink_block")
     shadow = ema.shadow
     for name, _, index, dim in log.sliced:
         if name in shadow:
@@ -169,8 +221,7 @@ def apply_to_ema(ema, log: ShrinkLog) -> None:
     if log.renamed:
         moved = {new: shadow.pop(old) for old, new in log.renamed.items() if old in shadow}
         shadow.update(moved)
-    for name, delta in log.shifted.items():
-        if name in shadow:
-            shadow[name] -= delta.to(shadow[name].device)
-    for name, param in log.added.items():
-        shadow[name] = param.detach().clone()
+    for name, delta in log.ema_shifted.items():
+        shadow[name] = shadow[name] - delta.to(shadow[name].device)
+    for name, value in log.ema_added.items():
+        shadow[name] = value.detach().clone()
