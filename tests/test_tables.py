@@ -187,7 +187,7 @@ def test_every_published_number_names_a_source_a_reader_can_open():
     df = T.reference_results()
     assert df["confidence"].isin(T.REFERENCE_CONFIDENCE).all(), sorted(set(df["confidence"]))
     assert df["source"].notna().all() and (df["source"].str.strip().str.len() > 10).all()
-    opener = re.compile(r"(Table \d|\.md\b|github\.com/[\w.-]+/[\w.-]+/(issues|pull)/\d+)")
+    opener = re.compile(r"(?:Table \d|\.md\b|github\.com/[\w.-]+/[\w.-]+/(?:issues|pull)/\d+)")
     unopenable = df[~df["source"].str.contains(opener)]
     assert unopenable.empty, unopenable[["method", "metric", "source"]].to_string()
     issues = df[df["confidence"] == "issue"]
