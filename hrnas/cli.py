@@ -123,8 +123,11 @@ def _add_search_train_eval(sub) -> None:
     p.add_argument("--data-root", type=Path, help="dataset root (default: the embedded synthetic data)")
     p.add_argument("--preset", choices=("smoke", "tiny", "paper"), default=None,
                    help="evaluation settings (default: those stored in the checkpoint)")
+    p.add_argument("--detections", type=Path, metavar="FILE",
+                   help="coco: score the boxes of this COCO person detection-results JSON (the standard protocol; "
+                        "eval.det_score_thr=X drops lower scores) instead of the ground-truth boxes")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. eval.flip_test=false")
     e = sub.add_parser("export", help="write the searched architecture of a run as JSON")
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     e.add_argument("--out", type=Path, required=True, help="output arch.json")
@@ -142,6 +145,8 @@ def run_search_or_train(args) -> int:
 
 def run_eval(args) -> int:
     if args.results is not None:
+        if args.detections is not None:
+            raise UserError("--detections: not with --results (it replaces the boxes of a --checkpoint evaluation)")
         if args.task != "kitti":
             raise UserError("--results: only for the kitti task")
         if args.data_root is None:
@@ -156,7 +161,7 @@ def run_eval(args) -> int:
     from hrnas.tasks.runner import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.task, args.checkpoint, data_root=args.data_root, preset=args.preset,
-                                  overrides=args.overrides)
+                                  overrides=args.overrides, detections=args.detections)
     print(json.dumps(metrics) if args.json else "\n".join(f"{k}: {v}" for k, v in metrics.items()))
     return 0
 
@@ -186,9 +191,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args`` where ``key=value`` overrides may also follow the options.
+
+    argparse fills a ``nargs="*"`` positional at its first chance, so in ``search TASK --out D k=v``
+    the overrides are already taken (empty) when ``k=v`` comes; every leftover argument of a command
+    with ``overrides`` that is not an option is appended to them in command-line order (the config
+    then checks each), and a leftover option is an error as before.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list):
+            bad = [a for a in extra if a.startswith("-")]
+            if not bad:
+                args.overrides.extend(extra)
+                return args
+            extra = bad
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """``--out`` must be creatable: a folder (a file for ``export``) whose existing parts are folders."""
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    out = Path(out).expanduser()
+    wants_file = args.command == "export"
+    if out.exists() and out.is_dir() == wants_file:
+        kind = "a folder" if wants_file else "a file"
+        raise UserError(f"--out {out} is {kind}; give {'a file name such as arch.json' if wants_file else 'a folder'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder")
+            break
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
+        check_out(args)
         if args.command == "profile":
             return run_profile(args)
         if args.command == "data":

@@ -2,20 +2,38 @@
 
 A file is written to a temporary sibling (same folder, so the rename cannot cross file systems) and
 moved onto its final name with ``os.replace``; a crash or an exception leaves the old file intact and
-no half-written one behind.
+no half-written one behind. The temporary file and folder are created with the modes a plain
+``open()`` / ``mkdir()`` gives (0666 / 0777 minus the umask), not ``tempfile``'s private 0600 / 0700:
+the figures, checkpoints and tables stay readable to whoever may read the folder.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+
+def _temporary_sibling(path: Path, suffix: str, make: Callable[[Path], None]) -> Path:
+    """A new, unused name ``.<name>.<random><suffix>`` next to ``path``, created by ``make``."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            make(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary name next to {path}")
+
+
+def _create_file(tmp: Path) -> None:
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as for open()
 
 
 @contextlib.contextmanager
@@ -28,10 +46,9 @@ def atomic_path(path, suffix: str = ".tmp", fsync: bool = False) -> Iterator[Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_sibling(path, suffix, _create_file)
     try:
-        yield Path(tmp)
+        yield tmp
         if fsync:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -85,7 +102,7 @@ def atomic_directory(final) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = _temporary_sibling(final, ".tmp", lambda p: p.mkdir(0o777))
     try:
         yield tmp
         try:

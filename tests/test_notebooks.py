@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 import hrnas.reproduce as rp
+from hrnas.cli import main as hrnas_main
 from hrnas.viz.tables import paper_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,9 +79,22 @@ def test_parameters_cell(path):
     assert declared["preset"]["default"] == "tiny"
     assert declared["progress"]["type"] == "bool"
     if path.stem in TASK_NOTEBOOKS or path.stem in ABLATIONS:
-        assert declared["data_root"]["type"] == "str | None" and declared["data_root"]["default"] is None
+        assert declared["data_root"]["type"] == "Optional[str]" and declared["data_root"]["default"] is None
     if path.stem in TASK_NOTEBOOKS:
         assert declared["retrain"]["default"] is False
+
+
+@pytest.mark.parametrize("path", PATHS, ids=NAMES)
+def test_papermill_sees_every_parameter(path):
+    """Plain `papermill -p NAME VALUE` (and --help-notebook) read the cell with papermill's own
+    inspector: it must list the same names, with the same help, as ours (the notebook contract)."""
+    import papermill as pm
+
+    ours = rp.inspect_parameters(path)
+    theirs = pm.inspect_notebook(str(path))
+    assert list(theirs) == list(ours)
+    assert {k: v["help"] for k, v in theirs.items()} == {k: v["help"] for k, v in ours.items()}
+    assert all(v["inferred_type_name"] not in ("None", "") for v in theirs.values())
 
 
 @pytest.mark.parametrize("path", PATHS, ids=NAMES)
@@ -106,7 +120,7 @@ def test_visualizations_depend_on_their_runs():
 # ---------------------------------------------------------------------------------------------
 # the CLI rejects bad parameters before running anything
 def test_wrong_parameter_name_exits_2(tmp_path, capsys):
-    code = rp.main(["--only", "02", "--preset", "smoke", "--out", str(tmp_path), "-p", "no_such_param", "1"])
+    code = hrnas_main(["reproduce", "--only", "02", "--preset", "smoke", "--out", str(tmp_path), "-p", "no_such_param", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and "no_such_param" in err
@@ -116,7 +130,7 @@ def test_wrong_parameter_name_exits_2(tmp_path, capsys):
 @pytest.mark.parametrize("name,value", [("seed", "abc"), ("retrain", "maybe"), ("preset", "huge")])
 def test_wrong_parameter_type_exits_2(tmp_path, capsys, name, value):
     argv = ["--only", "02", "--out", str(tmp_path), "-p", name, value]
-    code = rp.main(argv)
+    code = hrnas_main(["reproduce", *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and name in err

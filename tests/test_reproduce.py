@@ -5,6 +5,7 @@ each) are shared through module-scoped fixtures to keep the file fast.
 """
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import nbformat
 import pytest
 
 import hrnas.reproduce as rp
+from hrnas.cli import main as hrnas_main
 from hrnas.errors import UserError
+from hrnas.reproduce.execute import _failed_cell_from_output, _source_cell_index
+
+
+def reproduce_main(argv) -> int:
+    """`hrnas reproduce ARGV` through the package's CLI (exit status 0 / 1 / 2)."""
+    return hrnas_main(["reproduce", *argv])
 
 
 def make_nb(folder: Path, name: str, params_src: str | None, cells: list[str], depends=None) -> Path:
@@ -353,13 +361,13 @@ def test_failing_cell_located_without_papermill_error():
     src = [cell("p", ["parameters"]), cell("a"), cell("b"), cell("c")]
     exe = [cell("p", ["parameters"]), cell("inj", ["injected-parameters"]), cell("a"), cell("b"),
            cell("c", started=False)]
-    assert rp._failed_cell_from_output(exe) == 3
-    assert rp._source_cell_index(src, exe, 3) == 2                  # matched by cell id
+    assert _failed_cell_from_output(exe) == 3
+    assert _source_cell_index(src, exe, 3) == 2                  # matched by cell id
     exe[2]["metadata"]["papermill"]["exception"] = True
-    assert rp._failed_cell_from_output(exe) == 2
-    assert rp._failed_cell_from_output([cell("x", started=False)]) is None
+    assert _failed_cell_from_output(exe) == 2
+    assert _failed_cell_from_output([cell("x", started=False)]) is None
     no_ids = [{k: v for k, v in c.items() if k != "id"} for c in exe]
-    assert rp._source_cell_index([{k: v for k, v in c.items() if k != "id"} for c in src], no_ids, 3) == 2
+    assert _source_cell_index([{k: v for k, v in c.items() if k != "id"} for c in src], no_ids, 3) == 2
 
 
 def test_unknown_kernel_is_reported_not_raised(toys, tmp_path):
@@ -373,7 +381,7 @@ def test_unknown_kernel_is_reported_not_raised(toys, tmp_path):
 # CLI
 def test_main_only_filter_and_exit_status_1(toys, tmp_path, capsys):
     out = tmp_path / "runs"
-    rc = rp.main(["--notebooks-dir", str(toys), "--out", str(out), "--figures-dir", str(tmp_path / "f"),
+    rc = reproduce_main(["--notebooks-dir", str(toys), "--out", str(out), "--figures-dir", str(tmp_path / "f"),
                   "--only", "2", "01_beta.ipynb", "-p", "n", "4"])
     assert rc == 1
     assert sorted(p.name for p in out.glob("*.run.json")) == ["01_beta.run.json", "02_alpha.run.json"]
@@ -384,7 +392,7 @@ def test_main_only_filter_and_exit_status_1(toys, tmp_path, capsys):
 
 
 def test_main_exit_status_0(toys, tmp_path, capsys):
-    rc = rp.main(["--notebooks-dir", str(toys), "--out", str(tmp_path / "runs"),
+    rc = reproduce_main(["--notebooks-dir", str(toys), "--out", str(tmp_path / "runs"),
                   "--figures-dir", str(tmp_path / "f"), "--only", "alpha", "--preset", "smoke", "--quiet"])
     assert rc == 0
     assert capsys.readouterr().out == ""
@@ -400,17 +408,17 @@ def test_main_exit_status_0(toys, tmp_path, capsys):
     (["-p", "n", "1", "-p", "n", "2"], "-p n: given twice ('1' and '2')"),
 ])
 def test_main_bad_input_exit_status_2(toys, tmp_path, capsys, argv, message):
-    rc = rp.main(["--notebooks-dir", str(toys), "--out", str(tmp_path / "o"), *argv])
+    rc = reproduce_main(["--notebooks-dir", str(toys), "--out", str(tmp_path / "o"), *argv])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err == f"hrnas reproduce: error: {message}\n"
+    assert err == f"error: {message}\n"
     assert not (tmp_path / "o").exists()
 
 
 def test_main_argparse_errors_and_list(toys, capsys):
-    assert rp.main(["--preset", "huge"]) == 2
+    assert reproduce_main(["--preset", "huge"]) == 2
     assert "invalid choice" in capsys.readouterr().err
-    assert rp.main(["--notebooks-dir", str(toys), "--list"]) == 0
+    assert reproduce_main(["--notebooks-dir", str(toys), "--list"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "01_beta"
     assert "00_gamma  (depends: 02_alpha)" in out and "    scale: float = 1.0  # a factor" in out
@@ -435,7 +443,7 @@ def test_parallel_jobs_overlap_independent_notebooks_and_respect_dependencies(tm
     dependent one only after its dependency; the results keep the plan order."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(rp.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     params = 'out_dir: str = "."  # run folder\n'
     cells = lambda name: [  # noqa: E731
         "import os, time\nfrom hrnas.reproduce import record_metrics\nstart = time.time()\ntime.sleep(3)",
@@ -455,6 +463,23 @@ def test_parallel_jobs_overlap_independent_notebooks_and_respect_dependencies(tm
     assert m["02_after_first"]["start"] > m["00_first"]["end"]
     assert {v["threads"] for v in m.values()} == {"2"}
     assert json.loads((tmp_path / "runs" / "00_first.run.json").read_text())["kernel_threads"] == 2
-    assert "OMP_NUM_THREADS" not in rp.os.environ  # restored after the batch
+    assert "OMP_NUM_THREADS" not in os.environ  # restored after the batch
     with pytest.raises(UserError, match=r"^jobs: must be an integer >= 1, got 0$"):
         rp.reproduce(notebooks_dir=folder, out=tmp_path / "o", progress=False, jobs=0)
+
+
+def test_kernel_starts_without_the_plain_tcp_warning(toys, tmp_path, capfd):
+    """ipykernel warns on stderr (inherited by the batch's terminal) when its TCP transport has no
+    CurveZMQ keys; the runner's kernels get keys from jupyter_client, so the batch output is ours."""
+    import papermill as pm
+
+    warning = "Kernel is running over TCP without encryption"
+    # control: plain papermill (no keys) prints the warning, and capfd sees the kernel's stderr
+    make_nb(tmp_path, "00_plain", None, ["x = 1"])
+    pm.execute_notebook(str(tmp_path / "00_plain.ipynb"), str(tmp_path / "plain_out.ipynb"), progress_bar=False)
+    assert warning in capfd.readouterr().err
+    res = rp.reproduce(only="alpha", notebooks_dir=toys, out=tmp_path / "o", figures_dir=tmp_path / "f",
+                       progress=True)
+    captured = capfd.readouterr()
+    assert res[0].ok and "[1/1] 02_alpha: ok" in captured.err
+    assert warning not in captured.err and warning not in captured.out

@@ -59,6 +59,32 @@ def _clean_box(bbox, area, width, height):
     return None
 
 
+def read_detections(path) -> list[dict]:
+    """A COCO detection-results JSON (``[{image_id, category_id, bbox: [x, y, w, h], score}, ...]``, e.g.
+    ``COCO_val2017_detections_AP_H_56_person.json``) as a list of dicts with int ids, float boxes and
+    scores; a missing or malformed file raises UserError naming the file and the first bad entry."""
+    path = require_file(Path(path).expanduser(), "COCO detections")
+    what = "a COCO detection-results JSON (a list of {image_id, category_id, bbox, score})"
+    try:
+        dets = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"COCO detections {path} is not valid JSON ({e}); expected {what}") from None
+    if not isinstance(dets, list):
+        raise UserError(f"COCO detections {path} holds a JSON {type(dets).__name__}, not {what}")
+    out = []
+    for i, det in enumerate(dets):
+        try:
+            bbox = [float(v) for v in det["bbox"]]
+            if len(bbox) != 4 or isinstance(det["score"], bool) or isinstance(det["image_id"], bool):
+                raise ValueError
+            out.append({"image_id": int(det["image_id"]), "category_id": int(det["category_id"]),
+                        "bbox": bbox, "score": float(det["score"])})
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"COCO detections {path}: entry {i} ({str(det)[:80]}) is not "
+                            f"{{image_id, category_id, bbox: [x, y, w, h], score}}") from None
+    return out
+
+
 class CocoKeypointsDataset(torch.utils.data.Dataset):
     """Top-down person crops with heatmap targets. See `hrnas.data.build_dataset` for the options.
 
@@ -125,22 +151,16 @@ class CocoKeypointsDataset(torch.utils.data.Dataset):
         return records
 
     def _detection_records(self, path: Path, thr: float):
-        require_file(path, "COCO detections")
-        try:
-            dets = json.loads(path.read_text())
-            records = []
-            for det in dets:
-                if det["category_id"] != 1 or det["score"] < thr:
-                    continue
-                if det["image_id"] not in self.coco.imgs:
-                    raise UserError(f"COCO detections {path}: image_id {det['image_id']} is not in the annotations")
-                records.append(self._record(det["image_id"], [float(v) for v in det["bbox"]],
-                                            np.zeros((NUM_JOINTS, 3), np.float32), det["score"]))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-            if isinstance(e, UserError):
-                raise
-            raise UserError(f"COCO detections {path} is not a list of {{image_id, category_id, bbox, score}}: "
-                            f"{type(e).__name__} {e}") from None
+        records = []
+        for det in read_detections(path):
+            if det["category_id"] != 1 or det["score"] < thr:
+                continue
+            if det["image_id"] not in self.coco.imgs:
+                raise UserError(f"COCO detections {path}: image_id {det['image_id']} is not in the annotations")
+            records.append(self._record(det["image_id"], det["bbox"], np.zeros((NUM_JOINTS, 3), np.float32),
+                                        det["score"]))
+        if not records:
+            raise UserError(f"COCO detections {path}: no person (category_id 1) detection with score >= {thr}")
         return records
 
     def __len__(self) -> int:

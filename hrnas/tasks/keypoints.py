@@ -4,7 +4,8 @@ Reference: official-code.md §4 ("Losses": 0.5·MSE per joint × target weight, 
 and §5 ("COCO keypoints"); peers-and-metrics.md §3.2: flip test (flipped heatmaps mapped back with the
 joint swap and shifted one pixel right, averaged), argmax + quarter-pixel refinement, inverse affine,
 rescoring (box score × mean joint maximum above 0.2), OKS-NMS 0.9 per image, pycocotools COCOeval.
-The result reports whether ground-truth (``eval.use_gt_boxes``) or detector boxes were used.
+The result's ``boxes`` names the boxes used: ``"gt"`` (``eval.use_gt_boxes``) or
+``"detections:<file>, score>=<eval.det_score_thr>"``.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ class KeypointsTask(Task):
                 ck.write_results_json(Path(out_dir) / "keypoints_val_results.json", results)
             metrics = ck.evaluate_keypoints(loader.dataset.coco, results)
         metrics = broadcast_object(metrics)
-        boxes = "gt" if self.cfg["eval"]["use_gt_boxes"] else "detector"
+        e = self.cfg["eval"]
+        boxes = "gt" if e["use_gt_boxes"] else f"detections:{e['detections']}, score>={e['det_score_thr']}"
         return {**metrics, "boxes": boxes, "flip_test": bool(self.cfg["eval"]["flip_test"]),
                 "main": self.main_metric}
 

@@ -141,15 +141,26 @@ def _checkpoint_file(path) -> Path:
     return path
 
 
-def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | None = None, overrides=()) -> dict:
+def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | None = None, overrides=(),
+                        detections=None) -> dict:
     """Metrics of a checkpoint (file or run directory) on the val split, with the stored recipe's
-    evaluation settings (or those of ``preset`` + ``overrides``); EMA weights when ``eval.use_ema``."""
+    evaluation settings (or those of ``preset`` + ``overrides``); EMA weights when ``eval.use_ema``.
+
+    ``detections`` (coco): a COCO person detection-results JSON whose boxes (score >=
+    ``eval.det_score_thr``) replace the ground-truth boxes (``eval.use_gt_boxes=false``), the
+    standard COCO keypoint protocol."""
     import torch
 
     from hrnas.data import build_loader
     from hrnas.engine.trainer import (ShardSampler, build_calib_loader, calibration_seed, evaluate_model,
                                       task_eval_batch)
 
+    if detections is not None:
+        if task != "coco":
+            raise UserError(f"--detections: only for the coco task (person boxes), not {task}")
+        from hrnas.data.coco import read_detections
+
+        read_detections(detections)  # a missing or malformed file fails here, before anything is loaded
     path = _checkpoint_file(checkpoint)
     ckpt = load_checkpoint(path)
     if ckpt.get("task") != task:
@@ -160,6 +171,8 @@ def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | Non
         preset = stored["preset"]
         overrides = list(ckpt.get("meta", {}).get("overrides", [])) + overrides
     cfg = load_config(task, preset, overrides)
+    if detections is not None:
+        cfg["eval"].update(use_gt_boxes=False, detections=str(Path(detections).expanduser()))
     root = resolve_data_root(task, preset, data_root if data_root is not None else cfg["data"]["root"])
     t = get_task(cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

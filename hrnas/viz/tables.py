@@ -6,8 +6,8 @@
 - `paper_table("table1" | "table2")`: Tables 1-2 of the HR-NAS supplement (Cityscapes val,
   transformer ablations), from `hrnas/configs/paper_tables.csv`.
 - `reference_results(task)`: the paper's and the peers' published numbers that the notebooks print
-  next to ours, from `hrnas/configs/reference_results.csv` (each row names its source and how sure
-  we are of it: `confidence` = paper | repo | issue | confirmed | third-party | mem).
+  next to ours, from `hrnas/configs/reference_results.csv` (each row names a source a reader can open
+  and what kind it is: `confidence` = paper | repo | issue | third-party, see `REFERENCE_CONFIDENCE`).
   These numbers are the authors'/peers', never ours.
 """
 from __future__ import annotations
@@ -48,6 +48,9 @@ REFERENCE_COLUMNS = (
     "task", "method", "metric", "value", "input_size", "params_M", "macs_G",
     "split", "confidence", "source", "note",
 )
+# kinds of source of a published number: the HR-NAS paper/supplement (a table), a repository file, a GitHub
+# thread quoting it, a later paper's table quoting it
+REFERENCE_CONFIDENCE = ("paper", "repo", "issue", "third-party")
 _STEM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -253,13 +256,11 @@ def paper_table(name) -> pd.DataFrame:
     return df
 
 
-def reference_results(task: str | None = None, *, metric: str | None = None,
-                      verified_only: bool = False) -> pd.DataFrame:
+def reference_results(task: str | None = None, *, metric: str | None = None) -> pd.DataFrame:
     """Published numbers (HR-NAS paper/supplement and peers) to show next to ours.
 
     `task`: cityscapes | ade20k | coco | kitti | imagenet (None = all). `metric` filters by metric
-    name (exact, case-insensitive). `verified_only` drops rows whose `confidence` is "mem" (quoted
-    from memory in our reference notes and not yet checked against the primary source).
+    name (exact, case-insensitive). Every row's `source` names where a reader can check it.
     Columns: task, method, metric, value, input_size, params_M, macs_G, split, confidence, source,
     note. `macs_G` is the number as published; `note` says when its divisor or resolution differ.
     """
@@ -275,6 +276,4 @@ def reference_results(task: str | None = None, *, metric: str | None = None,
             raise UserError(f"reference_results: no metric {metric!r} for task {task!r}; available: "
                             f"{', '.join(sorted(df['metric'].unique()))}")
         df = df[sel]
-    if verified_only:
-        df = df[df["confidence"] != "mem"]
     return df.reset_index(drop=True)
