@@ -52,7 +52,7 @@ ABLATIONS = {
     }),
     "table2": Ablation("table2", ("model.tokens=8", "model.proj=8"), {
         "Baseline": ("model.attention=none", "model.decoder=true", "model.token_mode=channel"),
-        "SE": ("model.attention=se",),
+        "SE": ("model.attention=none", "model.se_ratio=0.25", "model.se_on=output", "model.se_placement=res"),
         "Non-local": ("model.attention=nonlocal",),
         "Enc (spatial)": ("model.attention=transformer", "model.decoder=false", "model.token_mode=spatial"),
         "Enc (channel)": ("model.attention=transformer", "model.decoder=false", "model.token_mode=channel"),

@@ -14,6 +14,7 @@ from hrnas import TASKS
 from hrnas.errors import UserError
 
 TRANSFORMER_CHOICES = ("none", "res", "res+down")
+PRESET_HELP = "paper | tiny | smoke, or a task's own (imagenet: paper-retrain); see hrnas/configs/TASK.yaml"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +38,10 @@ def _add_profile(sub) -> None:
     p = sub.add_parser("profile", help="params and MACs of a task's network, per part")
     p.add_argument("task", choices=TASKS + ("all",), metavar="TASK", help=f"one of {', '.join(TASKS)}, or all")
     p.add_argument("--size", type=parse_size, help="input HxW (default: the paper's size for the task)")
-    p.add_argument("--arch", type=Path, help="a searched architecture (JSON from `hrnas export`)")
+    p.add_argument("--arch", type=Path, help="a searched architecture: JSON from `hrnas export`, or the name of a "
+                                             "shipped one (hrnas-a-imagenet)")
+    p.add_argument("--preset", help="apply this recipe's retraining options (activation, SE, dropout) to the "
+                                    "network, as `hrnas train --preset` does; " + PRESET_HELP)
     p.add_argument("--transformer", choices=TRANSFORMER_CHOICES, default="none",
                    help="lightweight transformers in no block, the residual blocks, or every block")
     p.add_argument("--tokens", type=int, default=64, help="transformer tokens n (default 64)")
@@ -58,14 +62,20 @@ def run_profile(args) -> int:
         raise UserError(f"--tokens/--proj must be >= 1 (got {args.tokens}/{args.proj})")
     for task in tasks:
         options = {}
+        if args.preset is not None:
+            from hrnas.tasks import get_task
+            from hrnas.engine.config import load_config
+
+            options = get_task(load_config(task, args.preset)).retrain_options()
+            options.pop("num_classes", None)
         if args.transformer != "none":
-            options = dict(attention="transformer", placement=args.transformer, tokens=args.tokens,
+            options.update(attention="transformer", placement=args.transformer, tokens=args.tokens,
                            proj=args.proj)
         model = build_model(task, arch=args.arch, **options)
         size = args.size or PAPER_SIZES[task]
         prof = profile(model, size, args.convention)
         record = {"task": task, **prof.to_dict(), "transformer": args.transformer,
-                  "arch": str(args.arch) if args.arch else None}
+                  "arch": str(args.arch) if args.arch else None, "preset": args.preset}
         if args.json:
             print(json.dumps(record))
         else:
@@ -74,7 +84,8 @@ def run_profile(args) -> int:
 
 
 def _print_profile(rec: dict) -> None:
-    print(f"{rec['task']} @ {rec['size']} ({rec['convention']} convention, transformer={rec['transformer']})")
+    preset = f", preset {rec['preset']}" if rec["preset"] else ""
+    print(f"{rec['task']} @ {rec['size']} ({rec['convention']} convention, transformer={rec['transformer']}{preset})")
     print(f"  {'part':<12}{'params':>14}{'MACs':>18}")
     for part, v in rec["parts"].items():
         print(f"  {part:<12}{v['params']:>14,}{v['macs']:>18,}")
@@ -102,10 +113,11 @@ def run_data(args) -> int:
 def _add_run_common(p, with_arch: bool) -> None:
     p.add_argument("task", choices=TASKS, metavar="TASK", help=f"one of {', '.join(TASKS)}")
     if with_arch:
-        p.add_argument("--arch", type=Path, required=True, help="architecture JSON from `hrnas export`")
+        p.add_argument("--arch", type=Path, required=True,
+                       help="architecture JSON from `hrnas export`, or a shipped one by name (hrnas-a-imagenet)")
     p.add_argument("--data-root", type=Path, help="dataset root (default: the embedded synthetic data)")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, run.json)")
-    p.add_argument("--preset", choices=("smoke", "tiny", "paper"), default="tiny")
+    p.add_argument("--preset", default="tiny", help=PRESET_HELP + " (default tiny)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
@@ -121,8 +133,8 @@ def _add_search_train_eval(sub) -> None:
     p.add_argument("--results", type=Path, help="KITTI only: folder of KITTI-format result files to score")
     p.add_argument("--split", default="val", help="KITTI --results: ImageSets split (default val)")
     p.add_argument("--data-root", type=Path, help="dataset root (default: the embedded synthetic data)")
-    p.add_argument("--preset", choices=("smoke", "tiny", "paper"), default=None,
-                   help="evaluation settings (default: those stored in the checkpoint)")
+    p.add_argument("--preset", default=None,
+                   help="evaluation settings (default: those stored in the checkpoint); " + PRESET_HELP)
     p.add_argument("--detections", type=Path, metavar="FILE",
                    help="coco: score the boxes of this COCO person detection-results JSON (the standard protocol; "
                         "eval.det_score_thr=X drops lower scores) instead of the ground-truth boxes")

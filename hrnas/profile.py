@@ -6,8 +6,11 @@
   ``_scaled_dot_product_flash_attention_for_cpu``; importing this module registers the standard one.
 * ``hrnas``: the authors' profiler (``utils/model_profiling.py``; reference official-code.md §2.3, §5),
   which the paper's tables used: convolutions and linear layers exactly, the encoder attention as
-  2·L·S·E + 4·L·E², the decoder attention not at all, each transformer FFN linear as L MACs; parameters
-  of convolutions and linear layers only (no BN, LayerNorm, attention projections or queries).
+  2·L·S·E + 4·L·E², the decoder attention not at all, each transformer FFN linear as L MACs; an SE gate
+  as its two 1×1 convs plus C·H·W for its input; parameters of convolutions and linear layers only (no
+  BN, LayerNorm, attention projections or queries). Their fused retraining block (our SE on the hidden
+  features) is profiled without its shortcut conv (neither its params nor its MACs), as their rule for
+  that block omits it.
 
 The paper's "FLOPs" are these MACs. Parts: stem, fuse0…fuse4, parallel0…parallel4, head, classifier.
 """
@@ -21,7 +24,8 @@ import torch.nn as nn
 from torch.utils import flop_counter
 
 from hrnas.errors import UserError
-from hrnas.models.attention import NonLocal
+from hrnas.models.attention import NonLocal, SqueezeExcite
+from hrnas.models.searching_block import SearchingBlock
 from hrnas.models.transformer import Attention, LightweightTransformer
 
 CONVENTIONS = ("true", "hrnas")
@@ -90,12 +94,28 @@ def _inside_transformer(model: nn.Module) -> set[str]:
     return names
 
 
+def _fused_shortcuts(model: nn.Module) -> set[str]:
+    """Names of the shortcut convs of blocks built as the authors' fused block (SE on the hidden features,
+    whether or not the block kept any path): the authors' profiler does not see them."""
+    from hrnas.models.factory import se_config
+
+    opts = getattr(model, "options", None)
+    if opts is None or "se_ratio" not in opts:
+        return set()
+    se = se_config(opts)
+    if se.on != "hidden":
+        return set()
+    return {f"{name}.shortcut" for name, m in model.named_modules()
+            if isinstance(m, SearchingBlock) and not m.residual and se.applies_to(m.inp, m.oup, m.stride)}
+
+
 def _hrnas_param_modules(model: nn.Module):
-    """Modules whose parameters the authors' profiler sees: convs and linears outside attention."""
-    attention = {f"{n}.{s}" for n, m in model.named_modules() if isinstance(m, Attention)
-                 for s, _ in m.named_modules() if s}
+    """Modules whose parameters the authors' profiler sees: convs and linears outside attention (and
+    outside the fused blocks' shortcuts)."""
+    hidden = {f"{n}.{s}" for n, m in model.named_modules() if isinstance(m, Attention)
+              for s, _ in m.named_modules() if s} | _fused_shortcuts(model)
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in attention:
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in hidden:
             yield name, module
 
 
@@ -142,6 +162,7 @@ def _count(net, x, size, convention, parts, params_all) -> Profile:
 def _hooked_macs(net: nn.Module, x: torch.Tensor, parts: dict, convention: str) -> int:
     """One forward pass with hooks: convs and linears by their shapes, attention by its formula."""
     skip = _inside_transformer(net)
+    unseen = _fused_shortcuts(net) if convention == "hrnas" else set()
     hooks = []
 
     def conv_hook(part):
@@ -161,6 +182,13 @@ def _hooked_macs(net: nn.Module, x: torch.Tensor, parts: dict, convention: str) 
             parts[part]["macs"] += m.hrnas_attention_macs() if convention == "hrnas" else m.attention_macs()
         return hook
 
+    def se_hook(part):
+        def hook(m, inp, out):  # the authors' SE rule: C·H·W for the gated input (+ its convs, hooked)
+            if convention == "hrnas":
+                x = inp[0]
+                parts[part]["macs"] += sum(p[0].numel() for p in ([x] if isinstance(x, torch.Tensor) else x))
+        return hook
+
     def nonlocal_hook(part):
         def hook(m, inp, out):
             if convention == "true":  # the authors' profiler has no rule for attention matmuls
@@ -169,7 +197,7 @@ def _hooked_macs(net: nn.Module, x: torch.Tensor, parts: dict, convention: str) 
 
     for name, module in net.named_modules():
         part = part_of(name) if name else None
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d) and name not in unseen:
             hooks.append(module.register_forward_hook(conv_hook(part)))
         elif isinstance(module, nn.Linear) and name not in skip:
             hooks.append(module.register_forward_hook(linear_hook(part)))
@@ -177,6 +205,8 @@ def _hooked_macs(net: nn.Module, x: torch.Tensor, parts: dict, convention: str) 
             hooks.append(module.register_forward_hook(transformer_hook(part)))
         elif isinstance(module, NonLocal):
             hooks.append(module.register_forward_hook(nonlocal_hook(part)))
+        elif isinstance(module, SqueezeExcite):
+            hooks.append(module.register_forward_hook(se_hook(part)))
     try:
         with torch.no_grad():
             net(x)

@@ -270,3 +270,44 @@ def test_eval_detections_bad_file_exits_2(coco_run, tmp_path, capsys):
     rc, _, err = _run(["eval", "cityscapes", "--checkpoint", str(coco_run), "--detections", str(tmp_path / "dict.json")],
                       capsys)
     assert rc == 2 and "only for the coco task" in err
+
+
+def test_released_architecture_retrains_with_the_fused_se_block(data_dir, tmp_path, capsys):
+    """`hrnas train --arch NAME`: a shipped architecture, with the recipe's retraining options (here the
+    HR-NAS†‡ ones of the paper-retrain preset, on the smoke data)."""
+    out = tmp_path / "retrain"
+    rc, stdout, err = _run(["train", "imagenet", "model.act=swish", "model.se_ratio=0.5", "model.dropout=0.28",
+                            "--arch", "hrnas-a-imagenet", "--preset", "smoke", "--no-progress", "--out", str(out)],
+                           capsys)
+    assert rc == 0, err
+    run = json.loads((out / "run.json").read_text())
+    model = run["arch"]["model"]
+    assert (model["act"], model["se_ratio"], model["se_on"], model["dropout"], model["num_classes"]) == \
+        ("swish", 0.5, "hidden", 0.28, 10)
+    assert run["arch"]["blocks"] == load_arch("hrnas-a-imagenet")["blocks"] and run["arch_file"] == "hrnas-a-imagenet"
+    rc, stdout, _ = _run(["eval", "imagenet", "--checkpoint", str(out), "--json"], capsys)
+    assert rc == 0 and json.loads(stdout)["top1"] == pytest.approx(run["metrics"]["top1"], abs=1e-9)
+
+
+def test_fidelity_inputs_exit_2_with_one_line(data_dir, tmp_path, capsys):
+    from hrnas.data import ensure_dataset
+
+    ensure_dataset("cityscapes", "smoke", progress=False)
+    cases = [
+        (["search", "cityscapes", "model.se_ratio=0.5", "--preset", "smoke", "--out", str(tmp_path / "a")],
+         "model.se_on=hidden with model.se_ratio set cannot be searched"),
+        (["search", "cityscapes", "--preset", "paper-retrain", "--out", str(tmp_path / "b")],
+         "unknown preset 'paper-retrain'; accepted: paper, tiny, smoke"),
+        (["train", "imagenet", "--arch", "hrnas-z", "--preset", "smoke", "--out", str(tmp_path / "c")],
+         "hrnas-z: no such architecture file, nor a shipped architecture (shipped: hrnas-a-imagenet"),
+        (["train", "imagenet", "--arch", "hrnas-a-imagenet", "--preset", "paper-retrain", "--out", str(tmp_path / "d")],
+         "--preset paper-retrain needs the real imagenet dataset"),
+        (["search", "cityscapes", "train.amp=fp32", "--preset", "smoke", "--out", str(tmp_path / "e")],
+         "train.amp='fp32' is not one of none, fp16, bf16"),
+        (["profile", "imagenet", "--arch", "hrnas-a-imagenet", "--preset", "huge"], "unknown preset 'huge'"),
+    ]
+    for argv, needle in cases:
+        rc, out, err = _run(argv, capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2, (argv, err)
+        assert len(lines) == 1 and needle in lines[0], (argv, err)

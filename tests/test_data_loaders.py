@@ -15,6 +15,7 @@ from hrnas.data.kitti import (REAL_RANGE, SYNTHETIC_RANGE, Calibration, KittiObj
 from hrnas.data.pose_transforms import (affine_transform, flip_permutation, generate_heatmaps,
                                         get_affine_transform)
 from hrnas.data.synthetic.kitti import CALIB_000000
+from hrnas.errors import UserError
 from hrnas.data.transforms import (ClsTrainTransform, PointPillarsAugment, SegTrainTransform,
                                    global_transform, keep_ratio_scale)
 
@@ -79,6 +80,24 @@ def test_imagenet_grayscale_and_cmyk_become_rgb(smoke, tmp_path):
     assert torch.allclose(gray[0] * 0.229 + 0.485, gray[1] * 0.224 + 0.456, atol=1e-5)  # R == G
 
 
+def test_randaugment_is_seeded_by_the_augmentation_rng():
+    img = Image.fromarray((np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
+    plain = ClsTrainTransform((32, 32), flip_prob=0.0)
+    ra = ClsTrainTransform((32, 32), flip_prob=0.0, randaugment=(2, 12))
+    outs = [ra(img, torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    torch.manual_seed(5)
+    before = torch.rand(1)
+    torch.manual_seed(5)
+    ra(img, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.rand(1), before)  # the global RNG is left alone
+    same_draws = ClsTrainTransform((32, 32), flip_prob=0.0, randaugment=(2, 12))
+    same_draws.randaugment = lambda x: x  # the same random draws, no RandAugment ops
+    assert any(not torch.equal(ra(img, torch.Generator().manual_seed(s)),
+                               same_draws(img, torch.Generator().manual_seed(s))) for s in range(5))
+    assert plain(img, torch.Generator().manual_seed(0)).shape == outs[0].shape == (3, 32, 32)
+
+
 def test_tf_random_resized_crop_box_limits():
     t = ClsTrainTransform((224, 224))
     g = torch.Generator().manual_seed(0)
@@ -98,7 +117,7 @@ def test_cityscapes_train_and_eval_samples(smoke):
     assert set(mask.unique().tolist()) <= set(range(19)) | {255}
     val = build_dataset("cityscapes", smoke["cityscapes"], "val", train=False, size=(64, 128))
     img, mask = val[1]
-    # img_scale = 2 x crop = (256, 128): the native 256x128 frame, padded to a multiple of 32
+    # img_scale = 2 x crop = (256, 128): the native 256x128 frame, not resized
     assert img.shape == (3, 128, 256) and mask.shape == (128, 256)
     trainids = np.asarray(Image.open(str(val.files[1][0]).replace("leftImg8bit", "gtFine", 1)
                                      .replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")))
@@ -141,9 +160,8 @@ def test_seg_train_transform_invariants():
 
 
 def test_ade20k_reduce_zero_label(smoke):
-    raw_ds = build_dataset("ade20k", smoke["ade20k"], "val", train=False, size=(120, 40), reduce_zero_label=False,
-                           size_divisor=1)
-    ds = build_dataset("ade20k", smoke["ade20k"], "validation", train=False, size=(120, 40), size_divisor=1)
+    raw_ds = build_dataset("ade20k", smoke["ade20k"], "val", train=False, size=(120, 40), reduce_zero_label=False)
+    ds = build_dataset("ade20k", smoke["ade20k"], "validation", train=False, size=(120, 40))
     raw = np.asarray(Image.open(ds.files[0][1]))
     assert raw_ds[0][1].shape == (120, 160)  # img_scale (4W, H) = (160, 120): native size
     assert np.array_equal(raw_ds[0][1].numpy(), raw)
@@ -154,12 +172,25 @@ def test_ade20k_reduce_zero_label(smoke):
     assert nested.files == ds.files  # ROOT may also be the ADEChallengeData2016 folder itself
 
 
+def test_segmentation_eval_resizes_the_image_only(smoke):
+    """mmseg's test pipeline: keep-ratio resize of the image to img_scale (no padding to a multiple of
+    32), the label untouched at its original size."""
+    val = build_dataset("cityscapes", smoke["cityscapes"], "val", train=False, img_scale=(150, 70))
+    img, mask = val[1]
+    assert img.shape == (3, 70, 140) and mask.shape == (128, 256)  # factor min(150/256, 70/128) = 0.547
+    assert torch.equal(mask, torch.from_numpy(val.load_label(1).astype(np.int64)))
+    with pytest.raises(UserError, match="unknown option"):
+        build_dataset("cityscapes", smoke["cityscapes"], "val", train=False, size_divisor=32)
+
+
 def test_segmentation_collate_pads_with_ignore():
     batch = [(torch.ones(3, 4, 6), torch.zeros(4, 6, dtype=torch.long)),
              (torch.ones(3, 8, 5), torch.ones(8, 5, dtype=torch.long))]
     imgs, masks = collate_fn("ade20k")(batch)
     assert imgs.shape == (2, 3, 8, 6) and masks.shape == (2, 8, 6)
     assert (masks[0, 4:] == 255).all() and (masks[1, :, 5] == 255).all() and (imgs[0, :, 4:] == 0).all()
+    image, mask = collate_fn("ade20k")([(torch.ones(3, 5, 7), torch.zeros(10, 14, dtype=torch.long))])
+    assert image.shape == (1, 3, 5, 7) and mask.shape == (1, 10, 14)  # evaluation: the label's own size
 
 
 # ---------------------------------------------------------------------------- COCO

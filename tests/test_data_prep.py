@@ -68,3 +68,43 @@ def test_kitti_splits_script(smoke, tmp_path, capsys):
     val = (root / "ImageSets" / "val.txt").read_text().split()
     assert len(train) == 3 and len(val) == 3 and not set(train) & set(val)
     assert sorted(train + val) == [f"{i:06d}" for i in range(6)]
+
+
+def _authors_format(spec):
+    """The authors' checkpoint.json list for an hrnas spec (their block order = ours)."""
+    return [[b["oup"], 1, b["stride"], b["kernels"], b["hidden"], True] for b in spec["blocks"]]
+
+
+def test_convert_hrnas_checkpoint(tmp_path, capsys):
+    import json
+
+    from hrnas.models import build_model, load_arch
+
+    spec_cls = importlib.util.spec_from_file_location("convert", SCRIPTS / "convert_hrnas_checkpoint.py")
+    conv = importlib.util.module_from_spec(spec_cls)
+    spec_cls.loader.exec_module(conv)
+    # their module paths map to our construction order, for both heads
+    for task, count in (("imagenet", 67), ("cityscapes", 61)):
+        names = conv.block_names(task)
+        assert len(names) == count
+        assert [ours for _, ours in names] == list(build_model(task, expand_ratio=1).block_order)
+    theirs = dict(conv.block_names("imagenet"))
+    assert theirs["features.4.fuse_layers.1.0.0"] == "fuse2.1_0" and theirs["features.4.fuse_layers.2.0"] == "fuse2.new2"
+    assert theirs["features.10.downsamp_modules.2"] == "head.down2"
+    # the shipped architecture is the conversion of the authors' file
+    shipped = load_arch("hrnas-a-imagenet")
+    source = tmp_path / "checkpoint.json"
+    source.write_text(json.dumps(_authors_format(shipped)))
+    out = tmp_path / "arch.json"
+    assert conv.main([str(source), "--out", str(out)]) == 0
+    assert "67 blocks, 9 reduced to their shortcut" in capsys.readouterr().out
+    assert json.loads(out.read_text())["blocks"] == shipped["blocks"]
+    bad = _authors_format(shipped)
+    bad[3][0] = 40  # fuse1.new1 is 18 -> 36
+    source.write_text(json.dumps(bad))
+    assert conv.main([str(source), "--out", str(out)]) == 2
+    assert "entry 3 (features.2.fuse_layers.1.0): output_dim 40, stride 2, but our block fuse1.new1 has 36, 2" \
+        in capsys.readouterr().err
+    source.write_text(json.dumps(bad[:60]))
+    assert conv.main([str(source), "--out", str(out)]) == 2
+    assert "expected a list of 67 block entries for imagenet, got 60" in capsys.readouterr().err

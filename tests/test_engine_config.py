@@ -114,3 +114,34 @@ def test_every_documented_switch_exists_and_every_marked_default_is_documented()
             if m and section:
                 marked.add(f"{section}.{m.group(1)}")
     assert marked and marked <= documented, marked - documented
+
+
+def test_amp_and_sync_bn_switches():
+    cfg = load_config("cityscapes", "paper")
+    assert cfg["train"]["amp"] == "none" and cfg["train"]["sync_bn"] is False  # the authors': fp32, per-GPU BN
+    for value in ("fp16", "bf16", "none"):
+        assert load_config("cityscapes", "smoke", [f"train.amp={value}"])["train"]["amp"] == value
+    assert load_config("coco", "smoke", ["train.sync_bn=true"])["train"]["sync_bn"] is True
+    for override, pattern in [("train.amp=true", r"train.amp=True is not one of none, fp16, bf16"),
+                              ("train.amp=fp8", r"train.amp='fp8' is not one of none, fp16, bf16"),
+                              ("train.sync_bn=yes please", r"train.sync_bn='yes please' has the wrong type"),
+                              ("train.sync_bn=1", r"train.sync_bn=1 has the wrong type; expected a boolean")]:
+        with pytest.raises(UserError, match=pattern):
+            load_config("cityscapes", "smoke", [override])
+
+
+def test_task_presets_and_the_retrain_recipe():
+    from hrnas.engine.config import presets_of
+
+    assert presets_of("imagenet") == ("paper", "tiny", "smoke", "paper-retrain")
+    assert presets_of("cityscapes") == ("paper", "tiny", "smoke")
+    cfg = load_config("imagenet", "paper-retrain")
+    m = cfg["model"]
+    assert (m["act"], m["se_ratio"], m["se_on"], m["se_placement"], m["dropout"]) == \
+        ("swish", 0.5, "hidden", "res+down", 0.28)
+    assert cfg["search"]["enabled"] is False and cfg["data"]["randaugment"] is None
+    assert cfg["data"]["batch_size"] == 2048 and cfg["optim"]["lr"] == pytest.approx(0.016 * 2048 / 256)
+    assert cfg["optim"]["name"] == "rmsprop_tf" and cfg["train"]["epochs"] == 350  # the rest is `paper`'s
+    with pytest.raises(UserError, match=r"unknown preset 'paper-retrain'; accepted: paper, tiny, smoke"):
+        load_config("cityscapes", "paper-retrain")
+    assert load_config("imagenet", "paper-retrain", ["data.randaugment=[2, 12]"])["data"]["randaugment"] == [2, 12]

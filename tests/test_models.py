@@ -1,11 +1,13 @@
 """The super network at exact parity with the authors' code (reference official-code.md §6, §9)."""
 import json
+import math
 
 import pytest
 import torch
 
 from hrnas.errors import UserError
 from hrnas.models import SearchingBlock, build_model, count_params, spec_of, validate_arch
+from hrnas.models.searching_block import SEConfig
 from hrnas.models.transformer import LightweightTransformer
 
 # Params of the authors' supernets without their unused distillation BNs (issue #2 acceptance table).
@@ -79,7 +81,8 @@ def test_odd_input_size_runs():
     dict(attention="transformer", decoder=False),
     dict(attention="transformer", token_mode="spatial", tokens=8, proj=4),
     dict(attention="transformer", placement="res+down", tokens=8, proj=2),
-    dict(attention="se"), dict(attention="nonlocal"), dict(act="swish"),
+    dict(se_ratio=0.25, se_on="output", se_placement="res"), dict(se_ratio=0.5, se_on="hidden"),
+    dict(attention="nonlocal"), dict(act="swish"),
 ])
 def test_ablation_variants_train_step(variant):
     model = build_model("cityscapes", expand_ratio=1, **variant)
@@ -197,3 +200,106 @@ def test_grad_checkpointing_gives_the_same_gradients_and_running_stats():
         assert torch.equal(a, b), name  # running_mean/var and num_batches_tracked: one update
     _, block = next(ck.searching_blocks())
     assert int(block.dw_bn[0].num_batches_tracked) == 1
+
+
+# ---- HR-NAS†‡: SE on the hidden features (the authors' fused block), activation, initialisation -------------
+
+def test_fused_se_block_params_match_a_hand_count():
+    """SE 0.5 on the concatenated hidden features: reduce Σh → round(0.5·inp) and expand back, with biases."""
+    inp, oup, hidden = 18, 36, [31, 29, 30]
+    plain = SearchingBlock(inp, oup, 2, hidden)
+    fused = SearchingBlock(inp, oup, 2, hidden, se=SEConfig(ratio=0.5, on="hidden"))
+    total, r = sum(hidden), round(inp * 0.5)
+    # plain: expand conv + BN, depthwise convs + BNs, projection + BN, grouped 1×1 shortcut (gcd 18)
+    hand = inp * total + 2 * total + sum(k * k * h + 2 * h for k, h in zip((3, 5, 7), hidden)) \
+        + total * oup + 2 * oup + inp * oup // 18
+    assert count_params(plain) == hand == 7_802
+    assert count_params(fused) - count_params(plain) == (total * r + r) + (r * total + total) == 1_719
+    assert tuple(fused.se.reduce.weight.shape) == (r, total, 1, 1)
+    output = SearchingBlock(inp, oup, 2, hidden, se=SEConfig(ratio=0.25, on="output"))
+    assert count_params(output) - count_params(plain) == (oup * 4 + 4) + (4 * oup + oup)  # round(18/4) = 4
+
+
+def test_hidden_se_gates_the_concatenated_paths_before_the_projection():
+    torch.manual_seed(0)
+    block = SearchingBlock(8, 8, 1, [4, 6, 2], act="swish", se=SEConfig(ratio=0.5, on="hidden")).eval()
+    x = torch.randn(2, 8, 9, 9)
+    silu = torch.nn.functional.silu
+    with torch.no_grad():
+        e = silu(block.expand_bn(block.expand(x)))
+        cat = torch.cat([silu(bn(dw(p))) for p, dw, bn in zip(e.split(block.hidden, 1), block.dw, block.dw_bn)], 1)
+        se = block.se
+        gate = torch.sigmoid(se.expand(silu(se.reduce(cat.mean((2, 3), keepdim=True)))))
+        expected = x + block.project_bn(torch.nn.functional.conv2d(cat * gate, block.project.weight))
+        assert torch.allclose(block(x), expected, atol=1e-5)
+    assert isinstance(se.act, torch.nn.SiLU)  # the gate uses the block's activation, as the authors'
+
+
+def test_se_options_and_placement():
+    fused = build_model("imagenet", expand_ratio=1, se_ratio=0.5, se_on="hidden", se_placement="res+down")
+    assert all(b.se is not None and b.se_on == "hidden" for _, b in fused.searching_blocks())
+    res = build_model("cityscapes", expand_ratio=1, se_ratio=0.25, se_on="output", se_placement="res")
+    assert sum(b.se is not None for _, b in res.searching_blocks()) == 44
+    assert all(b.se.expand.out_channels == b.oup for _, b in res.searching_blocks() if b.se is not None)
+    with_t = build_model("cityscapes", expand_ratio=1, attention="transformer", tokens=4, proj=2, se_ratio=0.5)
+    both = [b for _, b in with_t.searching_blocks() if b.se is not None and b.transformer is not None]
+    assert len(both) == 44  # SE and the transformer combine
+    for bad, match in [(dict(se_ratio=0.0), "se_ratio"), (dict(se_on="input"), "se_on"),
+                       (dict(se_placement="all"), "se_placement"), (dict(attention="se"), "attention")]:
+        with pytest.raises(UserError, match=match):
+            build_model("cityscapes", **bad)
+
+
+@pytest.mark.parametrize("act,cls", [("relu", torch.nn.ReLU), ("swish", torch.nn.SiLU)])
+def test_fusion_activation_follows_model_act(act, cls):
+    model = build_model("cityscapes", expand_ratio=1, act=act)
+    assert all(isinstance(f.act, cls) for f in model.fuse)
+    assert isinstance(model.stem[0][2], cls) and isinstance(next(model.searching_blocks())[1].act, cls)
+
+
+def test_transformer_init_as_the_authors():
+    from hrnas.models.transformer import coordinate_channels
+
+    n, s, C = 64, 8, 18
+    d = s * s
+    torch.manual_seed(0)
+    cls = build_model("imagenet", expand_ratio=1, attention="transformer", tokens=n, proj=s)
+    coco = build_model("coco", expand_ratio=1, attention="transformer", tokens=n, proj=s)
+    for model in (cls, coco):
+        t = next(b.transformer for _, b in model.searching_blocks() if b.transformer is not None)
+        q = t.query_embed.detach()
+        bound = math.sqrt(6 / (n + d))  # Xavier-uniform over the (n, d) queries: ±0.2165
+        assert q.abs().max() <= bound and q.abs().max() > 0.95 * bound
+        assert q.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+        in_proj = torch.cat([t.encoder.attn.q.weight, t.encoder.attn.kv.weight]).detach()
+        joint = math.sqrt(6 / (d + 3 * d))  # one (3d × d) Xavier matrix, as MultiheadAttention: ±0.153
+        assert in_proj.abs().max() <= joint and in_proj.abs().max() > 0.95 * joint
+    ffn = lambda model: next(b.transformer for _, b in model.searching_blocks()  # noqa: E731
+                             if b.transformer is not None).encoder.ffn[0].weight.detach()
+    # mnas re-initialises the FFN linears U(±1/√d) = ±0.125; the heatmap init leaves their Xavier ±√(3/d) = ±0.2165
+    assert ffn(cls).abs().max() <= 1 / math.sqrt(d) and ffn(cls).abs().max() > 0.95 / math.sqrt(d)
+    assert ffn(coco).abs().max() <= math.sqrt(3 / d) and ffn(coco).abs().max() > 0.95 * math.sqrt(3 / d)
+    grid = coordinate_channels(s, torch.zeros(1))
+    assert torch.allclose(grid.std(dim=(2, 3), correction=0), torch.ones(1, 2))  # population std
+    assert grid[0, 0, 0, -1].item() == pytest.approx(3.5 / math.sqrt((s * s - 1) / 12))  # x of the last column
+
+
+def test_odd_size_dense_network_with_downsampling_transformers():
+    model = build_model("ade20k", expand_ratio=1, attention="transformer", placement="res+down", tokens=4, proj=2,
+                        se_ratio=0.25, se_on="output").eval()
+    with torch.no_grad():  # 37×53: the 1/4 ... 1/32 branches are 10×14, 5×7, 3×4, 2×2
+        assert model(torch.randn(1, 3, 37, 53)).shape == (1, 150, 10, 14)
+
+
+def test_shipped_architecture_by_name():
+    from hrnas.models import load_arch
+
+    spec = load_arch("hrnas-a-imagenet")
+    assert spec["task"] == "imagenet" and len(spec["blocks"]) == 67
+    assert sum(not b["hidden"] for b in spec["blocks"]) == 9
+    assert spec["blocks"][0] == {"name": "fuse0.0_0", "inp": 24, "oup": 24, "stride": 1, "kernels": [3, 5, 7],
+                                 "hidden": [32, 12, 1], "tokens": 0}
+    validate_arch(spec, "imagenet")
+    with pytest.raises(UserError, match="no such architecture file, nor a shipped architecture "
+                                        r"\(shipped: hrnas-a-imagenet"):
+        load_arch("hrnas-b-imagenet")

@@ -49,3 +49,46 @@ def test_hrnas_params_exclude_bn_and_attention():
     prof = profile(build_model("imagenet"), (224, 224), "hrnas")
     assert prof.params == 13_039_360  # the authors' profiler count (official-code.md §9)
     assert prof.params_all == 13_243_868
+
+
+# The authors' released searched ImageNet network (their checkpoint.json) at 224×224, measured with their
+# code: built as their README says (fused block = SE 0.5 on the hidden features, Swish) 4,600,000 params,
+# their profiler 4,553,776 params / 260,161,128 MACs; with their plain block (no SE) 3,907,476 params of
+# which 13,324 are unused distillation BNs, their profiler 3,854,804 / 259,232,935.
+RETRAIN = dict(act="swish", se_ratio=0.5, se_on="hidden", se_placement="res+down", dropout=0.28)
+
+
+@pytest.mark.parametrize("build,params,hrnas_params,hrnas_macs,true_macs", [
+    ({}, 3_907_476 - 13_324 - 468 + 234, 3_854_804, 259_232_935, 259_232_935),
+    (RETRAIN, 4_600_000 + 234, 4_553_776, 260_161_128, 259_930_681),
+])
+def test_released_imagenet_network_counts(build, params, hrnas_params, hrnas_macs, true_macs):
+    """Ours = theirs - their distillation BNs - the BN their plain block keeps in its 9 emptied blocks
+    (2 × 234) + our zero bias of those blocks (234 channels); the fused block keeps no such BN."""
+    model = build_model(arch="hrnas-a-imagenet", **build)
+    true, hrnas = profile(model, (224, 224), on_meta=False), profile(model, (224, 224), "hrnas", on_meta=False)
+    assert true.params == params and true.macs == true_macs
+    assert (hrnas.params, hrnas.macs) == (hrnas_params, hrnas_macs)
+    empty = [b for _, b in model.searching_blocks() if not b.hidden]
+    assert len(empty) == 9 and sum(b.oup for b in empty) == 234
+
+
+def test_true_convention_equals_flop_counter_with_se():
+    for se_on in ("hidden", "output"):
+        model = build_model("cityscapes", expand_ratio=1, se_ratio=0.5, se_on=se_on).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, 64, 128))
+        assert profile(model, (64, 128)).macs == counter.get_total_flops() // 2
+
+
+def test_profile_cli_released_network(capsys):
+    import json
+
+    from hrnas.cli import main
+
+    assert main(["profile", "imagenet", "--arch", "hrnas-a-imagenet", "--convention", "hrnas", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert (plain["params"], plain["macs"], plain["preset"]) == (3_854_804, 259_232_935, None)
+    assert main(["profile", "imagenet", "--arch", "hrnas-a-imagenet", "--preset", "paper-retrain", "--json"]) == 0
+    fused = json.loads(capsys.readouterr().out)
+    assert (fused["params"], fused["macs"], fused["convention"]) == (4_600_234, 259_930_681, "true")

@@ -254,7 +254,7 @@ def test_the_probe_is_the_last_training_batch():
 
 # ---- item 4: SE of an emptied block ---------------------------------------------------------------
 def test_emptied_se_block_stays_exact_live_and_ema():
-    model = net(attention="se")
+    model = net(attention="none", se_ratio=0.25, se_on="output", se_placement="res")
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for m in model.modules():  # a gate far from 0.5 so that a dropped SE would show

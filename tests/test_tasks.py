@@ -188,3 +188,72 @@ def test_flatten_kitti_means_over_classes():
     assert flat["mAP_3d_R40_moderate"] == pytest.approx(20.0)
     assert flat["mAP_bev_R40_easy"] == pytest.approx(40.0)
     assert flat["Car_3d_R40_moderate"] == 40.0
+
+
+class ColumnLogits(nn.Module):
+    """A stub network with the real one's output geometry: logits at 1/4 of the (checked) input size,
+    favouring class 0 in the left 12 of 23 columns and class 1 in the others."""
+
+    def __init__(self, expect_hw, classes=150):
+        super().__init__()
+        self.expect_hw, self.classes = tuple(expect_hw), classes
+
+    def forward(self, x):
+        assert tuple(x.shape[-2:]) == self.expect_hw, x.shape  # resized keeping the ratio, not padded
+        out = torch.zeros(x.shape[0], self.classes, 16, 23)
+        out[:, 0, :, :12] = 1.0
+        out[:, 1, :, 12:] = 1.0
+        return out
+
+
+def test_ade20k_metrics_on_an_odd_sized_image_equal_a_hand_computed_confusion_matrix(tmp_path):
+    """mmseg's protocol on a 37×53 ADE20K image: resized keeping the ratio to 64×92 (eval.img_scale
+    [256, 64]), logits 16×23 → bilinear to 64×92 → bilinear to the label's own 37×53, argmax there.
+    The class-0/1 logit difference is linear between the low-resolution column centres 46 and 50 (in
+    64×92 pixel units), so it changes sign at x = 48; a 37×53 pixel j samples x = (j + 0.5)·92/53,
+    which is < 48 for j <= 27: columns 0-27 predict class 0, columns 28-52 class 1."""
+    from PIL import Image
+
+    from hrnas.data import build_loader
+
+    base = tmp_path / "ADEChallengeData2016"
+    for sub in ("images", "annotations"):
+        (base / sub / "validation").mkdir(parents=True)
+    raw = np.zeros((37, 53), np.uint8)           # raw ADE20K values; reduce_zero_label: 0 -> 255, k -> k - 1
+    raw[5:, :20], raw[5:, 20:36], raw[5:, 36:] = 1, 2, 150   # rows 0-4 stay 0 = ignored
+    Image.fromarray(raw).save(base / "annotations" / "validation" / "a.png")
+    Image.fromarray(np.full((37, 53, 3), 128, np.uint8)).save(base / "images" / "validation" / "a.png")
+    cfg = load_config("ade20k", "smoke", ["eval.img_scale=[256, 64]"])
+    task = get_task(cfg)
+    val = task.val_dataset(tmp_path)
+    image, label = val[0]
+    assert tuple(image.shape) == (3, 64, 92) and tuple(label.shape) == (37, 53)
+    loader = build_loader(val, "ade20k", batch_size=1, shuffle=False)
+    metrics = task.evaluate(ColumnLogits((64, 92)), loader, CPU, False)
+    # by hand: 32 labelled rows; gt 0 = columns 0-19, gt 1 = 20-35, gt 149 = 36-52; pred 0 = columns 0-27
+    hist = {(0, 0): 32 * 20, (1, 0): 32 * 8, (1, 1): 32 * 8, (149, 1): 32 * 17}
+    iou = [hist[0, 0] / (640 + 256), hist[1, 1] / (512 + 800 - 256), 0.0]   # classes 0, 1, 149
+    assert metrics["mIoU"] == pytest.approx(sum(iou) / 3)
+    assert metrics["mAcc"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert metrics["aAcc"] == pytest.approx((640 + 256) / (640 + 512 + 544))
+    assert metrics["IoU"][0] == pytest.approx(640 / 896) and metrics["IoU"][149] == 0.0
+    assert np.isnan(metrics["IoU"][2])  # absent from labels and predictions: not in the mean
+    flip = get_task(load_config("ade20k", "smoke", ["eval.img_scale=[256, 64]", "eval.flip_test=true"]))
+    with torch.no_grad():  # the mirrored stub predicts the mirrored columns: the flip average is symmetric
+        probs = flip.predict(ColumnLogits((64, 92)), image[None], label.shape)
+    assert tuple(probs.shape) == (1, 150, 37, 53) and torch.allclose(probs.sum(1), torch.ones(1, 37, 53))
+    assert torch.allclose(probs, probs.flip(-1), atol=1e-6)
+
+
+def test_segmentation_evaluation_of_a_real_network_on_odd_sizes(tmp_path):
+    """The whole path with the network itself: an odd-sized image, the label at its original size."""
+    from hrnas.data import build_loader
+
+    cfg = load_config("ade20k", "smoke", ["eval.img_scale=[200, 45]", "model.tokens=2", "model.proj=2"])
+    task = get_task(cfg)
+    val = task.val_dataset(ensure_dataset("ade20k", "smoke"))
+    image, label = val[0]
+    assert tuple(image.shape[-2:]) == (45, 60) and tuple(label.shape) == (120, 160)  # native 120×160
+    metrics = task.evaluate(task.build_model().eval(), build_loader(val, "ade20k", batch_size=1, shuffle=False),
+                            CPU, False)
+    assert 0.0 <= metrics["aAcc"] <= 1.0

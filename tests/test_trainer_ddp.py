@@ -1,6 +1,7 @@
-"""A 2-process torchrun (gloo) search of the smoke preset: identical weights and buffers on both ranks,
-and its metric (evaluated on two shards and reduced) equals a single-process evaluation of the same
-checkpoint. Run as a script, this file is the torchrun worker."""
+"""A 2-process torchrun (gloo) search of the smoke preset with per-process BN statistics
+(``train.sync_bn=false``, the authors'): identical weights and BN buffers on both ranks, and its metric
+(evaluated on two shards and reduced) equals a single-process evaluation of the same checkpoint. Run as
+a script, this file is the torchrun worker."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 # no BN re-calibration: per-rank calibration batches are averaged, which one process cannot reproduce
-OVERRIDES = ["eval.bn_calib_batches=0"]
+OVERRIDES = ["eval.bn_calib_batches=0", "train.sync_bn=false"]
 
 
 def worker(out: Path) -> None:
@@ -27,6 +28,7 @@ def worker(out: Path) -> None:
     cfg = load_config("cityscapes", "smoke", OVERRIDES)
     trainer = Trainer(get_task(cfg), cfg, out / "run", data_root=resolve_data_root("cityscapes", "smoke", None),
                       meta={"mode": "search", "overrides": OVERRIDES}, progress=False)
+    assert not trainer.sync_bn and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.net.modules())
     result = trainer.fit()
     state = {k: v.detach().clone().contiguous() for k, v in trainer.net.state_dict().items()}
     torch.save({"state": state, "result": result, "world": D.world_size(), "shrinks": len(trainer.controller.history)},
@@ -59,3 +61,17 @@ def test_two_gloo_processes_agree_with_one(tmp_path, monkeypatch):
 
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
+
+
+def test_sync_bn_on_the_cpu_is_refused(monkeypatch):
+    """SyncBatchNorm has no CPU kernel: with more than one process the trainer says so before any work."""
+    from hrnas.engine import distributed as D
+    from hrnas.engine.config import load_config
+    from hrnas.engine.trainer import Trainer
+    from hrnas.errors import UserError
+    from hrnas.tasks import get_task
+
+    monkeypatch.setattr(D, "init_distributed", lambda: D.DistInfo(0, 2, 0, torch.device("cpu")))
+    cfg = load_config("cityscapes", "smoke", ["train.sync_bn=true"])
+    with pytest.raises(UserError, match=r"^train.sync_bn=true needs CUDA"):
+        Trainer(get_task(cfg), cfg, "unused", data_root="unused")

@@ -29,10 +29,9 @@ __all__ = ["TASKS", "NUM_CLASSES", "DEFAULT_SIZES", "DATASETS", "PRESETS", "buil
 
 # options build_dataset accepts per task (besides size and seed)
 OPTIONS = {
-    "imagenet": {"crop_scale", "flip_prob"},
-    "cityscapes": {"img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric", "size_divisor"},
-    "ade20k": {"img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric", "size_divisor",
-               "reduce_zero_label"},
+    "imagenet": {"crop_scale", "flip_prob", "randaugment"},
+    "cityscapes": {"img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric"},
+    "ade20k": {"img_scale", "ratio_range", "cat_max_ratio", "flip_prob", "photometric", "reduce_zero_label"},
     "coco": {"sigma", "heatmap_stride", "detections", "det_score_thr", "flip_prob", "half_body_prob",
              "scale_factor", "rot_factor", "rot_prob"},
     "kitti": {"point_cloud_range", "fov_only", "flip_prob", "rot_range", "scale_range", "translate_std"},
@@ -61,10 +60,12 @@ def build_dataset(task: str, root, split: str, *, train: bool, size=None, seed: 
     `train=True` gives the authors' training augmentation, else deterministic evaluation transforms.
     `size` = (H, W) of the network input (crop); kitti ignores it. `seed` seeds the augmentation RNG
     (see `hrnas.data.common.AugmentationRNG`). Options per task:
-      imagenet: crop_scale (area range of the random-resized crop, default (0.08, 1)), flip_prob.
+      imagenet: crop_scale (area range of the random-resized crop, default (0.08, 1)), flip_prob,
+        randaugment ((N, M) or None).
       cityscapes / ade20k: img_scale (long, short) [cityscapes 2x the crop, ade20k (4W, H): the authors'
         (2048, 1024) / (2048, 512) at the default sizes], ratio_range, cat_max_ratio, flip_prob,
-        photometric, size_divisor (eval padding); ade20k also reduce_zero_label.
+        photometric; ade20k also reduce_zero_label. Evaluation samples are (image resized to img_scale,
+        label at its original size).
       coco: sigma, heatmap_stride, detections (results JSON for evaluation boxes), det_score_thr,
         flip_prob, half_body_prob, scale_factor, rot_factor, rot_prob.
       kitti: point_cloud_range, fov_only, flip_prob, rot_range, scale_range, translate_std.
@@ -84,7 +85,7 @@ def build_dataset(task: str, root, split: str, *, train: bool, size=None, seed: 
         hw = _size(task, size)
         if train:
             tf = T.ClsTrainTransform(hw, scale=options.get("crop_scale", (0.08, 1.0)),
-                                     flip_prob=options.get("flip_prob", 0.5))
+                                     flip_prob=options.get("flip_prob", 0.5), randaugment=options.get("randaugment"))
         else:
             tf = T.ClsEvalTransform(hw)
         return ImageNetDataset(root, split, tf, seed=seed)
@@ -95,7 +96,7 @@ def build_dataset(task: str, root, split: str, *, train: bool, size=None, seed: 
             tf = T.SegTrainTransform((h, w), img_scale,
                                      **_pick(options, ("ratio_range", "cat_max_ratio", "flip_prob", "photometric")))
         else:
-            tf = T.SegEvalTransform(img_scale, **_pick(options, ("size_divisor",)))
+            tf = T.SegEvalTransform(img_scale)
         if task == "cityscapes":
             from hrnas.data.cityscapes import CityscapesDataset
             return CityscapesDataset(root, split, tf, seed=seed)

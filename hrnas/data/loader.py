@@ -13,12 +13,15 @@ from hrnas.errors import UserError
 
 
 def collate_segmentation(batch):
-    """Stack (image, mask) pairs, padding to the largest size in the batch (image 0, mask 255) so
-    evaluation batches of differently sized keep-ratio images work."""
-    h = max(img.shape[-2] for img, _ in batch)
-    w = max(img.shape[-1] for img, _ in batch)
+    """Stack (image, mask) pairs, padding images (with 0) and masks (with 255) each to the largest size
+    in the batch. Training crops all have one size; evaluation masks keep their original size (not the
+    resized image's) and are evaluated one image per batch."""
+    def largest(tensors):
+        return max(t.shape[-2] for t in tensors), max(t.shape[-1] for t in tensors)
+
+    (h, w), (mh, mw) = largest([img for img, _ in batch]), largest([mask for _, mask in batch])
     images = torch.zeros(len(batch), batch[0][0].shape[0], h, w, dtype=batch[0][0].dtype)
-    masks = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.int64)
+    masks = torch.full((len(batch), mh, mw), IGNORE_INDEX, dtype=torch.int64)
     for i, (img, mask) in enumerate(batch):
         images[i, :, :img.shape[-2], :img.shape[-1]] = img
         masks[i, :mask.shape[-2], :mask.shape[-1]] = mask

@@ -2,9 +2,11 @@
 
 * Segmentation (mmseg style, `mmseg/seg_dataflow.py`): keep-ratio resize to `img_scale` x U[0.5, 2],
   random crop with `cat_max_ratio` 0.75, flip 0.5, photometric distortion, normalise, pad (mask 255).
-  Evaluation: keep-ratio resize to `img_scale`, no crop, pad to a multiple of `size_divisor` (mask 255).
+  Evaluation (mmseg's test pipeline): keep-ratio resize of the image to `img_scale`, no crop, no padding;
+  the label stays at its original size (predictions are resized back to it).
 * ImageNet (`imagenet1k_mnas_bicubic`): TF-style random-resized crop (area 0.08-1, ratio 3/4-4/3,
-  min_object_covered 0.1, bicubic, centre-crop fallback) + flip; eval: centre crop 0.875 + bicubic resize.
+  min_object_covered 0.1, bicubic, centre-crop fallback) + flip, optionally after RandAugment (HR-NAS†‡,
+  supplement §1; not in the authors' retraining pipeline); eval: centre crop 0.875 + bicubic resize.
 * PointPillars global augmentation (OpenPCDet order): flip y -> -y, rotation U(-pi/4, pi/4) about z,
   scaling U(0.95, 1.05), translation N(0, 0.2) per axis, applied to points and boxes alike.
 
@@ -19,6 +21,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import RandAugment
 from torchvision.transforms.v2 import functional as F
 
 from hrnas.data.common import IMAGENET_MEAN, IMAGENET_STD, randint, uniform
@@ -132,21 +135,20 @@ class SegTrainTransform:
 
 
 class SegEvalTransform:
-    """Deterministic evaluation: keep-ratio resize to `img_scale`, pad to a multiple of `size_divisor`."""
+    """Deterministic evaluation as mmseg's test pipeline: the image resized (bilinear without
+    antialiasing, as OpenCV's, keeping the ratio) to `img_scale`, not padded (any size: the network
+    handles sizes that are not multiples of 32); the label untouched at the original size, where the
+    metrics are computed."""
 
-    def __init__(self, img_scale, size_divisor=32, ignore_index=IGNORE_INDEX):
+    def __init__(self, img_scale):
         self.img_scale = tuple(img_scale)
-        self.size_divisor = size_divisor
-        self.ignore_index = ignore_index
 
     def __call__(self, img: Image.Image, mask: np.ndarray, g=None):
         image = pil_to_image(img)
-        target = tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))
-        image, target = _resize_pair(image, target, keep_ratio_scale(*image.shape[-2:], self.img_scale))
-        d = self.size_divisor
-        hw = (math.ceil(image.shape[-2] / d) * d, math.ceil(image.shape[-1] / d) * d)
-        image, target = _pad_pair(image, target, hw, self.ignore_index)
-        return normalize(image), target.as_subclass(torch.Tensor).long()
+        hw = keep_ratio_scale(*image.shape[-2:], self.img_scale)
+        if tuple(hw) != tuple(image.shape[-2:]):
+            image = F.resize(image, list(hw), interpolation=InterpolationMode.BILINEAR, antialias=False)
+        return normalize(image), torch.from_numpy(mask.astype(np.int64))
 
 
 # ---------------------------------------------------------------------------- ImageNet
@@ -161,11 +163,17 @@ def centre_crop_box(h: int, w: int, out_hw, fraction=0.875) -> tuple[int, int, i
 
 
 class ClsTrainTransform:
-    """TF-style random-resized crop (sample_distorted_bounding_box, 10 attempts) + bicubic + flip."""
+    """TF-style random-resized crop (sample_distorted_bounding_box, 10 attempts) + bicubic + flip.
 
-    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), min_covered=0.1, flip_prob=0.5):
+    ``randaugment=(N, M)``: first torchvision's RandAugment, N random ops of magnitude M on a 0-30
+    scale (the scale of the authors' own implementation), drawn from ``g`` like every other choice.
+    """
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), min_covered=0.1, flip_prob=0.5,
+                 randaugment=None):
         self.size = tuple(size)
         self.scale, self.ratio, self.min_covered, self.flip_prob = scale, ratio, min_covered, flip_prob
+        self.randaugment = None if randaugment is None else RandAugment(*(int(v) for v in randaugment))
 
     def crop_box(self, h: int, w: int, g) -> tuple[int, int, int, int]:
         area = h * w
@@ -180,6 +188,11 @@ class ClsTrainTransform:
 
     def __call__(self, img: Image.Image, g: torch.Generator) -> torch.Tensor:
         image = pil_to_image(img)
+        if self.randaugment is not None:
+            seed = randint(g, 0, 2 ** 31 - 1)
+            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG
+                torch.manual_seed(seed)
+                image = self.randaugment(image)
         top, left, ch, cw = self.crop_box(image.shape[-2], image.shape[-1], g)
         image = F.resized_crop(image, top, left, ch, cw, list(self.size),
                                interpolation=InterpolationMode.BICUBIC, antialias=True)

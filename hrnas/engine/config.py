@@ -1,10 +1,12 @@
 """Recipes: ``hrnas/configs/defaults.yaml`` + ``hrnas/configs/<task>.yaml`` presets + overrides.
 
 Resolution (later wins): defaults.yaml <- the task's ``paper`` section <- the task's ``<preset>``
-section (``tiny``/``smoke``; ``paper`` itself adds nothing) <- ``key=value`` overrides. A task's
-``paper`` section may ADD keys under ``data``, ``model``, ``loss`` and ``eval`` (task-specific
-settings); every other key, in the presets and in overrides, must already exist and keep its
-type. Switches where the paper and the authors' code disagree are documented in docs/switches.md
+section (``tiny``/``smoke``, or a preset of that task only, such as imagenet's ``paper-retrain``;
+``paper`` itself adds nothing) <- ``key=value`` overrides. The presets of a task are the sections of
+its file (``presets_of``): ``paper``, ``tiny`` and ``smoke`` in every task, any other section only
+where it is declared. A task's ``paper`` section may ADD keys under ``data``, ``model``, ``loss`` and
+``eval`` (task-specific settings); every other key, in the presets and in overrides, must already
+exist and keep its type. Switches where the paper and the authors' code disagree are documented in docs/switches.md
 (official-code.md §4, §8).
 """
 from __future__ import annotations
@@ -19,16 +21,18 @@ import yaml
 from hrnas import TASKS
 from hrnas.errors import UserError
 
-__all__ = ["PRESETS", "load_config", "parse_override", "flatten", "resolve_rho"]
+__all__ = ["PRESETS", "presets_of", "load_config", "parse_override", "flatten", "resolve_rho"]
 
-PRESETS = ("paper", "tiny", "smoke")
+PRESETS = ("paper", "tiny", "smoke")  # every task's; a task file may declare more
 _EXTENSIBLE = ("data", "model", "loss", "eval")
 
 # Allowed values of the named switches and enumerations (checked for files and overrides).
 CHOICES = {
     "model.act": ("relu", "swish"),
-    "model.attention": ("none", "transformer", "se", "nonlocal"),
+    "model.attention": ("none", "transformer", "nonlocal"),
     "model.placement": ("res", "res+down"),
+    "model.se_on": ("hidden", "output"),
+    "model.se_placement": ("res", "res+down"),
     "model.token_mode": ("channel", "spatial"),
     "optim.name": ("rmsprop_tf", "adam", "adamw", "sgd"),
     "optim.decay_mode": ("l2", "decoupled"),
@@ -40,12 +44,15 @@ CHOICES = {
     "search.token_cost": ("hrnas", "true"),
     "search.token_alive": ("signed", "abs"),
     "search.export": ("best_val", "final"),
+    "train.amp": ("none", "fp16", "bf16"),
     "eval.mode": ("whole", "slide"),
     "eval.nms": ("axis", "rotated"),
 }
 # Types of keys whose default is null (glob patterns allowed).
 NULLABLE = {
     "data.root": str,
+    "data.randaugment": list,
+    "model.se_ratio": float,
     "train.max_steps": int,
     "train.grad_clip": float,
     "sched.warmup_lr": float,
@@ -196,6 +203,13 @@ def resolve_rho(cfg: dict) -> float | None:
     return rho
 
 
+def presets_of(task: str) -> tuple[str, ...]:
+    """The presets of ``task``: the common ones, then the sections its file adds (in file order)."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
+    return PRESETS + tuple(name for name in _read(f"{task}.yaml") if name not in PRESETS)
+
+
 def load_config(task: str, preset: str = "tiny", overrides=()) -> dict:
     """The nested recipe dict of ``task`` / ``preset`` with ``key=value`` overrides applied.
 
@@ -203,16 +217,11 @@ def load_config(task: str, preset: str = "tiny", overrides=()) -> dict:
     table when null and the search is enabled. Unknown keys, wrong types and values outside a
     switch's choices raise :class:`UserError` naming the key.
     """
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; accepted: {', '.join(PRESETS)}")
+    presets = presets_of(task)
+    if preset not in presets:
+        raise UserError(f"unknown preset {preset!r}; accepted: {', '.join(presets)} (the presets of {task})")
     cfg = copy.deepcopy(_read("defaults.yaml"))
     recipes = _read(f"{task}.yaml")
-    unknown_sections = sorted(set(recipes) - set(PRESETS))
-    if unknown_sections:
-        raise UserError(f"hrnas/configs/{task}.yaml: unknown preset(s) {unknown_sections}; "
-                        f"accepted: {', '.join(PRESETS)}")
     for name in ("paper",) + ((preset,) if preset != "paper" else ()):
         section = recipes.get(name) or {}
         if not isinstance(section, dict):

@@ -1,7 +1,7 @@
 """The training loop shared by every task: search (L1 penalty + progressive shrinking) or retraining.
 
 Per iteration (official-code.md §3–§5): task loss (+ the coupled L2 term when ``optim.decay_mode: l2``,
-+ λ(t)·resource-aware L1 on BN γ while searching) → NaN/inf guard → backward (AMP on CUDA) →
++ λ(t)·resource-aware L1 on BN γ while searching) → NaN/inf guard → backward (``train.amp`` on CUDA) →
 optional gradient clipping → optimizer step → LR schedule step → EMA update. After the step: shrink
 when the search controller says so, evaluate every ``eval.interval`` epochs (EMA weights, BN
 re-calibration on training batches), log, and checkpoint every ``train.ckpt_interval`` epochs (both
@@ -13,9 +13,10 @@ state, and checkpoints hold every rank's RNG state, the optimizer state keyed by
 the per-row accumulators. ``resume`` therefore continues bit-for-bit on the CPU (a mid-epoch resume
 replays the loader up to the checkpoint's position).
 
-Distributed (``torchrun``): DDP (gloo on CPU, NCCL + SyncBatchNorm on CUDA), DistributedSampler for
-training, un-padded shards for evaluation, metrics reduced by the tasks, rank 0 writes. DDP is rebuilt
-after every shrink (its buckets are fixed at construction).
+Distributed (``torchrun``): DDP (gloo on CPU, NCCL on CUDA), per-process BN statistics as the authors
+(``train.sync_bn: true`` = SyncBatchNorm, CUDA only) with the BN buffers averaged over the processes
+after every step, DistributedSampler for training, un-padded shards for evaluation, metrics reduced by
+the tasks, rank 0 writes. DDP is rebuilt after every shrink (its buckets are fixed at construction).
 
 Run directory: ``steps.jsonl`` (every ``train.log_interval`` steps), ``metrics.jsonl`` and
 ``metrics.csv`` (a row per epoch and per evaluation), ``run.json``, ``arch.json`` (the exported
@@ -290,13 +291,22 @@ class Trainer:
                  resume_from: dict | None = None, progress: bool = True, meta: dict | None = None):
         self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
         self.search = search and cfg["search"]["enabled"]
+        if self.search:
+            from hrnas.models.factory import check_searchable
+
+            check_searchable(cfg["model"])
         self.meta = dict(meta or {})
         info = D.init_distributed()
         self.device, self.rank, self.world = info.device, info.rank, info.world_size
         self.cuda = self.device.type == "cuda"
         t = cfg["train"]
         self.progress = progress and t["progress"] and D.is_main()
-        self.amp = bool(t["amp"]) and self.cuda
+        # train.amp: float16 autocast with a GradScaler, or bfloat16 autocast (no scaler); CUDA only
+        self.amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[t["amp"]] if self.cuda else None
+        self.sync_bn = bool(t["sync_bn"]) and self.world > 1
+        if self.sync_bn and not self.cuda:
+            raise UserError("train.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use "
+                            "train.sync_bn=false (per-process BN statistics, as the authors)")
         self.channels_last = bool(t["channels_last"]) or not self.cuda
         self.seed = int(t["seed"])
         D.seed_everything(self.seed)  # the same initial weights on every rank (and so the same EMA)
@@ -306,7 +316,7 @@ class Trainer:
         if resume_from is not None:
             arch = resume_from["arch"]
         self.net = task.build_model(arch).to(self.device)
-        if self.cuda and self.world > 1:
+        if self.sync_bn:
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self._to_memory_format()
         self.searchable = task.searchable(self.net)
@@ -315,7 +325,7 @@ class Trainer:
         self.scheduler = build_scheduler_from_config(self.optimizer, cfg, total_steps=self.total_steps,
                                                      steps_per_epoch=self.steps_per_epoch)
         self.ema = ModelEMA.from_config(self.net, cfg) if cfg["ema"]["enabled"] else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.controller = None
         if self.search:
             from hrnas.models import spec_of
@@ -459,7 +469,8 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         batch = self.task.to_device(batch, self.device, self.channels_last)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float16,
+                            enabled=self.amp_dtype is not None):
             task_loss, extra = self.task.loss(self.model, batch)
         task_loss = task_loss.float()
         loss = task_loss
@@ -496,8 +507,8 @@ class Trainer:
     def _sync_buffers(self) -> None:
         """Average the BN running statistics over ranks after every step (without SyncBatchNorm each rank
         updates them from its own batch), so that the EMA, the checkpoint and the evaluation are the same
-        on every rank."""
-        if self.world == 1 or self.cuda:  # CUDA: SyncBatchNorm already computes global statistics
+        on every rank. The training forward passes still normalise with each rank's own batch."""
+        if self.world == 1 or self.sync_bn:  # SyncBatchNorm already computes global statistics
             return
         bufs = [b for b in self.net.buffers() if b.is_floating_point()]
         if bufs:

@@ -9,12 +9,16 @@ The architecture spec is what the search exports and ``hrnas train --arch`` retr
 
 ``build_model(task, arch=spec)`` and ``spec_of(model)`` round-trip exactly. A spec is validated against
 the task's super network: same block names, widths and strides; kernels from {3, 5, 7}; non-negative widths.
+
+Shipped architectures (``hrnas/configs/archs/<name>.json``) are found by name wherever a spec file is
+expected (``load_arch("hrnas-a-imagenet")``, ``hrnas train imagenet --arch hrnas-a-imagenet``).
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+from importlib import resources
 from pathlib import Path
 
 import torch.nn as nn
@@ -25,8 +29,9 @@ from hrnas.io import atomic_write_json
 from hrnas.models.heads import ClassificationHead, DenseHead
 from hrnas.models.hrnet import BlockFactory, HRNet
 from hrnas.models.layers import ACTIVATIONS, NormConfig
-from hrnas.models.searching_block import ATTENTION_TYPES, KERNEL_SIZES, PLACEMENTS, AttentionConfig, SearchingBlock
-from hrnas.models.transformer import Attention, TOKEN_MODES
+from hrnas.models.searching_block import (ATTENTION_TYPES, KERNEL_SIZES, PLACEMENTS, SE_POSITIONS, AttentionConfig,
+                                          SEConfig, SearchingBlock)
+from hrnas.models.transformer import Attention, LightweightTransformer, TOKEN_MODES
 
 ARCH_FORMAT, ARCH_VERSION = "hrnas-arch", 1
 
@@ -47,7 +52,10 @@ TASK_DEFAULTS: dict[str, dict] = {
 PAPER_SIZES = {"imagenet": (224, 224), "cityscapes": (512, 1024), "ade20k": (512, 512), "coco": (256, 192),
                "kitti": (496, 432)}
 COMMON_DEFAULTS = dict(expand_ratio=4, act="relu", attention="none", placement="res", tokens=64, proj=8,
-                       decoder=True, token_mode="channel")
+                       decoder=True, token_mode="channel", se_ratio=None, se_on="hidden", se_placement="res+down")
+# Options that a retraining recipe sets on a searched architecture (``hrnas train --arch``): they do not
+# change the searched blocks, and HR-NAS†‡ adds SE and Swish only when retraining (supplement §1).
+RETRAIN_OPTIONS = ("act", "se_ratio", "se_on", "se_placement", "dropout", "init", "num_classes")
 
 
 def model_options(task: str, **overrides) -> dict:
@@ -73,6 +81,11 @@ def _check_options(opts: dict) -> None:
         ("expand_ratio", isinstance(opts["expand_ratio"], int) and opts["expand_ratio"] >= 1, "an integer >= 1"),
         ("tokens", isinstance(opts["tokens"], int) and opts["tokens"] >= 1, "an integer >= 1"),
         ("proj", isinstance(opts["proj"], int) and opts["proj"] >= 1, "an integer >= 1"),
+        ("se_ratio", opts["se_ratio"] is None or (isinstance(opts["se_ratio"], (int, float))
+                                                  and not isinstance(opts["se_ratio"], bool)
+                                                  and 0 < opts["se_ratio"] <= 16), "null or a number in (0, 16]"),
+        ("se_on", opts["se_on"] in SE_POSITIONS, ", ".join(SE_POSITIONS)),
+        ("se_placement", opts["se_placement"] in PLACEMENTS, ", ".join(PLACEMENTS)),
     ]
     for name, ok, accepted in checks:
         if not ok:
@@ -82,6 +95,22 @@ def _check_options(opts: dict) -> None:
 def _attention(opts: dict) -> AttentionConfig:
     return AttentionConfig(type=opts["attention"], placement=opts["placement"], tokens=opts["tokens"],
                            proj=opts["proj"], decoder=bool(opts["decoder"]), token_mode=opts["token_mode"])
+
+
+def se_config(opts: dict) -> SEConfig:
+    """The Squeeze-and-Excitation settings of a network's options."""
+    return SEConfig(ratio=opts["se_ratio"], on=opts["se_on"], placement=opts["se_placement"])
+
+
+def check_searchable(opts: dict) -> None:
+    """Refuse options the search cannot shrink exactly: SE on the hidden features gates every hidden
+    channel by a function of the input, so a removed channel's contribution (its constant BN output
+    times its gate) is not a constant that could be folded into the next BN. The authors only retrain
+    with it (their fused block); search without SE, or with ``model.se_on=output``."""
+    if opts["se_ratio"] is not None and opts["se_on"] == "hidden":
+        raise UserError("model.se_on=hidden with model.se_ratio set cannot be searched (shrinking a block whose "
+                        "hidden features are gated by SE is not exact); search with model.se_ratio=null or "
+                        "model.se_on=output, and add the hidden SE when retraining (hrnas train)")
 
 
 def build_model(task: str | None = None, arch: dict | str | Path | None = None, **overrides) -> HRNet:
@@ -108,7 +137,8 @@ def build_model(task: str | None = None, arch: dict | str | Path | None = None, 
 
 def _build(opts: dict, blocks: dict | None) -> HRNet:
     make = BlockFactory(expand_ratio=opts["expand_ratio"], act=opts["act"],
-                        norm=NormConfig(opts["bn_momentum"], opts["bn_eps"]), attention=_attention(opts), arch=blocks)
+                        norm=NormConfig(opts["bn_momentum"], opts["bn_eps"]), attention=_attention(opts),
+                        se=se_config(opts), arch=blocks)
     if opts["head"] == "classification":
         def head(mk, channels):
             return ClassificationHead(mk, channels, opts["num_classes"], opts["dropout"])
@@ -121,13 +151,23 @@ def _build(opts: dict, blocks: dict | None) -> HRNet:
 def init_weights(model: nn.Module, method: str) -> None:
     """The authors' initialisation (official-code.md §1.7).
 
+    First every lightweight transformer gets its own initialisation (Xavier-uniform on every weight
+    matrix, the in-projection as one joint q/k/v matrix, and on the decoder queries; the authors'
+    ``Transformer._reset_parameters``), then the network's rule:
     ``mnas``: conv weights N(0, √(2 / fan_out)) with fan_out = k² (depthwise) or k²·C_out, linear weights
-    U(±1/√out_features), biases 0. ``mnas_fanin``: the same, but linear weights U(±1/√in_features)
-    (PyTorch's bound): for classifiers with few classes, where 1/√out_features is large (10 classes:
-    ±0.32 over 1600 features, a cross-entropy of 7.7 at initialisation instead of ln 10 = 2.3).
-    ``heatmap`` (COCO keypoints): every conv N(0, 0.001), biases 0.
-    BatchNorm γ = 1, β = 0 everywhere. Attention in-projections keep Xavier-uniform (as MHA does).
+    U(±1/√out_features), biases 0; the attention in-projections and the queries keep their Xavier init
+    (the authors' are not ``nn.Linear`` modules, which their rule re-initialises).
+    ``mnas_fanin``: the same, but linear weights U(±1/√in_features) (PyTorch's bound): for classifiers
+    with few classes, where 1/√out_features is large (10 classes: ±0.32 over 1600 features, a
+    cross-entropy of 7.7 at initialisation instead of ln 10 = 2.3).
+    ``heatmap`` (COCO keypoints): every conv N(0, 0.001), biases 0; linear layers are left as built
+    (the transformers' Xavier), as the authors' heatmap init touches only convs and BNs.
+    BatchNorm γ = 1, β = 0 everywhere.
     """
+    for m in model.modules():
+        if isinstance(m, LightweightTransformer):
+            m.reset_parameters()
+    in_projections = {id(lin) for m in model.modules() if isinstance(m, Attention) for lin in (m.q, m.kv)}
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             if method == "heatmap":
@@ -141,7 +181,7 @@ def init_weights(model: nn.Module, method: str) -> None:
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
+        elif isinstance(m, nn.Linear) and method != "heatmap" and id(m) not in in_projections:
             bound = 1.0 / math.sqrt(m.in_features if method == "mnas_fanin" else m.out_features)
             nn.init.uniform_(m.weight, -bound, bound)
             if m.bias is not None:
@@ -150,10 +190,6 @@ def init_weights(model: nn.Module, method: str) -> None:
             if m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-    for m in model.modules():
-        if isinstance(m, Attention):
-            nn.init.xavier_uniform_(m.q.weight)
-            nn.init.xavier_uniform_(m.kv.weight)
 
 
 def block_entry(name: str, block: SearchingBlock) -> dict:
@@ -235,14 +271,31 @@ def _supernet_blocks(task: str, model: dict) -> dict:
     return _SUPERNET_CACHE[key]
 
 
+ARCHS_PACKAGE = "hrnas.configs.archs"
+
+
+def shipped_archs() -> dict[str, object]:
+    """Name → file of the architectures shipped in ``hrnas/configs/archs/`` (the file name without .json)."""
+    folder = resources.files(ARCHS_PACKAGE)
+    return {f.name[:-len(".json")]: f for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".json")}
+
+
 def load_arch(path: str | Path) -> dict:
+    """An architecture spec from a JSON file, or a shipped architecture by name (``hrnas-a-imagenet``)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: architecture file not found")
+    if path.is_file():
+        text, source = path.read_text(), path
+    else:
+        shipped = shipped_archs()
+        if str(path) not in shipped:
+            raise UserError(f"{path}: no such architecture file, nor a shipped architecture "
+                            f"(shipped: {', '.join(shipped)})")
+        text, source = shipped[str(path)].read_text(), f"hrnas/configs/archs/{path}.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
+        raise UserError(f"{source}: not valid JSON ({err})") from None
 
 
 def save_arch(spec: dict, path: str | Path) -> Path:

@@ -6,8 +6,9 @@ and a *parallel module*. Branch i runs at 1/2^(i+2) resolution; the parallel mod
 branches with [1], [2,2], [2,2,3], [2,2,3,4], [2,2,3,4] searching blocks and widths 24 | 18/36 |
 18/36/72 | 18/36/72/144 | 18/36/72/144. Fusion modules fuse neighbouring branches only: a same-branch
 block, a stride-2 block from the higher-resolution neighbour and a block + nearest ×2 upsampling from the
-lower-resolution neighbour, summed and passed through ReLU; a new branch comes from a stride-2 block on
-the fused output of the branch above it. Then a task head (``hrnas.models.heads``).
+lower-resolution neighbour, summed and passed through the network's activation (``act``: ReLU, or Swish
+for HR-NAS†‡, as the authors' ``active_fn``); a new branch comes from a stride-2 block on the fused
+output of the branch above it. Then a task head (``hrnas.models.heads``).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hrnas.models.layers import ConvBNAct, NormConfig
-from hrnas.models.searching_block import KERNEL_SIZES, AttentionConfig, SearchingBlock
+from hrnas.models.layers import ConvBNAct, NormConfig, make_activation
+from hrnas.models.searching_block import KERNEL_SIZES, AttentionConfig, SEConfig, SearchingBlock
 
 # (number of branches, blocks per branch, channels per branch) of the five parallel modules.
 STAGES: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = (
@@ -47,6 +48,7 @@ class BlockFactory:
     act: str = "relu"
     norm: NormConfig = field(default_factory=NormConfig)
     attention: AttentionConfig = field(default_factory=lambda: AttentionConfig(type="none"))
+    se: SEConfig = field(default_factory=SEConfig)
     arch: dict | None = None
     built: list[str] = field(default_factory=list)
 
@@ -57,7 +59,8 @@ class BlockFactory:
         else:
             kernels, hidden = KERNEL_SIZES, [self.expand_ratio * inp] * len(KERNEL_SIZES)
             tokens = self.attention.tokens
-        block = SearchingBlock(inp, oup, stride, hidden, kernels, self.act, self.norm, self.attention, tokens)
+        block = SearchingBlock(inp, oup, stride, hidden, kernels, self.act, self.norm, self.attention, tokens,
+                               self.se)
         block.block_name = name
         self.built.append(name)
         return block
@@ -78,7 +81,7 @@ class FuseModule(nn.Module):
         self.new_branches = nn.ModuleList(
             make(f"fuse{index}.new{b}", out_channels[b - 1], out_channels[b], 2)
             for b in range(self.num_in, self.num_out))
-        self.relu = nn.ReLU(inplace=True)
+        self.act = make_activation(make.act)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         outs = []
@@ -95,7 +98,7 @@ class FuseModule(nn.Module):
                 if t.shape[-2:] != size:  # odd input sizes
                     t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
                 y = t if y is None else y + t
-            outs.append(self.relu(y))
+            outs.append(self.act(y))
         for block in self.new_branches:
             outs.append(block(outs[-1]))
         return outs

@@ -14,7 +14,9 @@ and summed (:class:`PathProjection`), so neither a split nor a concatenation is 
 pass (a third less activation memory than copying them).
 
 An optional lightweight transformer (or Non-local block) is a further parallel path on the block input,
-added to the output; SE re-weights the conv features (supplement Table 2).
+added to the output (supplement Table 2). Optional Squeeze-and-Excitation (:class:`SEConfig`) re-weights
+either the hidden features of the kernel paths before the projection (the authors' fused retraining
+block, HR-NAS†‡ of supplement §1) or the block's conv output.
 """
 from __future__ import annotations
 
@@ -33,15 +35,22 @@ from hrnas.models.layers import NormConfig, make_activation
 from hrnas.models.transformer import LightweightTransformer
 
 KERNEL_SIZES = (3, 5, 7)
-ATTENTION_TYPES = ("none", "transformer", "se", "nonlocal")
+ATTENTION_TYPES = ("none", "transformer", "nonlocal")
 PLACEMENTS = ("res", "res+down")
+SE_POSITIONS = ("hidden", "output")
+
+
+def _placed(placement: str, inp: int, oup: int, stride: int) -> bool:
+    """``res``: the residual blocks only (stride 1, same width: 44 in every HR-NAS supernet);
+    ``res+down``: every searching block."""
+    return placement == "res+down" or (stride == 1 and inp == oup)
 
 
 @dataclass(frozen=True)
 class AttentionConfig:
     """Which attention module the searching blocks carry, and where.
 
-    ``type``: none | transformer | se | nonlocal. ``placement``: ``res`` = the residual blocks only
+    ``type``: none | transformer | nonlocal. ``placement``: ``res`` = the residual blocks only
     (stride 1, same width: 44 in every HR-NAS supernet), ``res+down`` = every searching block.
     Transformer settings: ``tokens`` n, ``proj`` s, ``decoder`` (False = encoder only),
     ``token_mode`` channel | spatial.
@@ -55,9 +64,27 @@ class AttentionConfig:
     token_mode: str = "channel"
 
     def applies_to(self, inp: int, oup: int, stride: int) -> bool:
-        if self.type == "none":
-            return False
-        return self.placement == "res+down" or (stride == 1 and inp == oup)
+        return self.type != "none" and _placed(self.placement, inp, oup, stride)
+
+
+@dataclass(frozen=True)
+class SEConfig:
+    """Squeeze-and-Excitation in the searching blocks (independent of the attention module).
+
+    ``ratio``: None = no SE; else the gate's bottleneck has max(1, round(ratio · inp)) channels, inp =
+    the block's input width (as the authors' code). ``on``: ``hidden`` = gate the kernel paths' Σh_k
+    hidden channels before the projection (the authors' ``InvertedResidualChannelsFused``, ratio 0.5,
+    which their README uses to retrain HR-NAS†‡); ``output`` = gate the block's ``oup`` conv output
+    before the shortcut is added. ``placement``: res | res+down as for :class:`AttentionConfig`.
+    A block whose paths were all removed has no SE.
+    """
+
+    ratio: float | None = None
+    on: str = "hidden"
+    placement: str = "res+down"
+
+    def applies_to(self, inp: int, oup: int, stride: int) -> bool:
+        return self.ratio is not None and _placed(self.placement, inp, oup, stride)
 
 
 class PathProjection(nn.Conv2d):
@@ -85,11 +112,12 @@ class SearchingBlock(nn.Module):
         kernels: depthwise kernel sizes of the paths.
         tokens: transformer tokens (0: no transformer in this block); used when ``attention.type`` is
             ``transformer``.
+        se: Squeeze-and-Excitation settings (default: none).
     """
 
     def __init__(self, inp: int, oup: int, stride: int, hidden: Sequence[int],
                  kernels: Sequence[int] = KERNEL_SIZES, act: str = "relu", norm: NormConfig = NormConfig(),
-                 attention: AttentionConfig | None = None, tokens: int = 0):
+                 attention: AttentionConfig | None = None, tokens: int = 0, se: SEConfig | None = None):
         super().__init__()
         if len(hidden) != len(kernels):
             raise ValueError(f"hidden {list(hidden)} and kernels {list(kernels)} differ in length")
@@ -116,27 +144,34 @@ class SearchingBlock(nn.Module):
         self.shortcut = (nn.Identity() if self.residual else
                          nn.Conv2d(inp, oup, 1, stride, groups=math.gcd(inp, oup), bias=False))
         self.grad_checkpointing = False  # recompute the kernel paths in backward (HRNet.set_grad_checkpointing)
-        self.transformer = self.se = self.non_local = None
+        self.transformer = self.non_local = None
         attention = attention or AttentionConfig(type="none")
         if attention.applies_to(inp, oup, stride):
             if attention.type == "transformer" and tokens > 0:
                 self.transformer = LightweightTransformer(inp, oup, tokens, attention.proj, attention.decoder,
                                                           attention.token_mode, downsample=stride == 2)
-            elif attention.type == "se" and total:  # an emptied block's SE is folded into its bias
-                self.se = SqueezeExcite(oup, max(1, round(inp * 0.25)))
             elif attention.type == "nonlocal" and self.residual:
                 self.non_local = NonLocal(inp)
+        se = se or SEConfig()
+        self.se = self.se_on = None
+        if total and se.applies_to(inp, oup, stride):
+            self.se_on = se.on
+            self.se = SqueezeExcite(total if se.on == "hidden" else oup, max(1, round(inp * se.ratio)), act)
 
     @property
     def tokens(self) -> int:
         return self.transformer.num_tokens if self.transformer is not None else 0
 
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The kernel paths: fused expand, per-kernel depthwise, fused projection."""
+        """The kernel paths: fused expand, per-kernel depthwise, fused projection (and SE)."""
         h = self.act(self.expand_bn(self.expand(x)))
         paths = [self.act(bn(dw(p))) for p, dw, bn in zip(h.split(self.hidden, dim=1), self.dw, self.dw_bn)]
+        if self.se_on == "hidden":  # SE over the concatenated hidden channels (the authors' fused block)
+            paths = self.se(paths)
         y = self.project_bn(self.project(paths))
-        return self.se(y) if self.se is not None else y
+        if self.se_on == "output":
+            y = self.se(y)
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.shortcut(x)

@@ -15,6 +15,8 @@ which only works because there are as many queries as tokens.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,12 +25,13 @@ TOKEN_MODES = ("channel", "spatial")
 
 
 def coordinate_channels(size: int, like: torch.Tensor) -> torch.Tensor:
-    """The ``points`` position encoding: x and y grid coordinates, each standardised (1×2×s×s)."""
+    """The ``points`` position encoding: x and y grid coordinates, each standardised with the population
+    standard deviation, as the authors' numpy code (1×2×s×s)."""
     coords = torch.arange(size, dtype=like.dtype, device=like.device)
     ys, xs = torch.meshgrid(coords, coords, indexing="ij")
     grid = torch.stack([xs, ys])
     if size > 1:
-        grid = (grid - grid.mean(dim=(1, 2), keepdim=True)) / grid.std(dim=(1, 2), keepdim=True)
+        grid = (grid - grid.mean(dim=(1, 2), keepdim=True)) / grid.std(dim=(1, 2), keepdim=True, correction=0)
     else:
         grid = torch.zeros_like(grid)
     return grid.unsqueeze(0)
@@ -43,6 +46,15 @@ class Attention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights; q, k and v as one (3d × d) in-projection, as PyTorch's
+        ``MultiheadAttention`` (the authors' attention) initialises it."""
+        dim = self.q.in_features
+        bound = math.sqrt(6.0 / (dim + 3 * dim))
+        for weight in (self.q.weight, self.kv.weight):
+            nn.init.uniform_(weight, -bound, bound)
+        nn.init.xavier_uniform_(self.out.weight)
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor):
         q = self.q(query)
@@ -123,10 +135,24 @@ class LightweightTransformer(nn.Module):
         self.input_norm = nn.BatchNorm2d(num_tokens)
         dim, length = self.token_shape(num_tokens)
         self.encoder = EncoderLayer(dim)
-        self.query_embed = nn.Parameter(torch.randn(length, dim)) if decoder else None
+        self.query_embed = nn.Parameter(torch.empty(length, dim)) if decoder else None
         self.decoder = DecoderLayer(dim) if decoder else None
         self.reverse_proj = nn.Conv2d(num_tokens, out_channels, 1, bias=False)
         self.reverse_norm = nn.BatchNorm2d(out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The authors' transformer initialisation: Xavier-uniform on every weight matrix (convs,
+        linears, the attention in-projection as one q/k/v matrix, the decoder queries). The network's
+        initialisation (``hrnas.models.factory.init_weights``) then re-initialises convs and linears."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.reset_parameters()
+        if self.query_embed is not None:
+            nn.init.xavier_uniform_(self.query_embed)
 
     @property
     def num_tokens(self) -> int:

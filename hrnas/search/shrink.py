@@ -129,7 +129,7 @@ def shrink_block(block: SearchingBlock, alive: list[torch.Tensor], prefix: str, 
         log.added[f"{prefix}bias"] = block.bias
         if "ema" in values:
             log.ema_added[f"{prefix}bias"] = values["ema"]
-        block.kernels, block.hidden = (), ()
+        block.kernels, block.hidden, block.se_on = (), (), None
         return
     block.project_bn.running_mean -= deltas["live"]
     log.shifted[f"{prefix}project_bn.running_mean"] = deltas["live"]

@@ -43,12 +43,20 @@ class Task:
         return opts
 
     def build_model(self, arch: dict | None = None) -> nn.Module:
-        """The trainable network: the super network (``arch=None``) or a searched one."""
+        """The trainable network: the super network (``arch=None``) or a searched one, whose blocks come
+        from ``arch`` and whose retraining options (activation, SE, dropout, init, classes:
+        ``hrnas.models.factory.RETRAIN_OPTIONS``) from the recipe."""
         from hrnas.models import build_model
 
         if arch is not None:
-            return build_model(self.name, arch=arch)
+            return build_model(self.name, arch=arch, **self.retrain_options())
         return build_model(self.name, **self.model_options())
+
+    def retrain_options(self) -> dict:
+        """The recipe's options that apply to a searched architecture (``hrnas train --arch``)."""
+        from hrnas.models.factory import RETRAIN_OPTIONS
+
+        return {k: v for k, v in self.model_options().items() if k in RETRAIN_OPTIONS}
 
     def searchable(self, model: nn.Module) -> nn.Module:
         """The HR-NAS network inside ``model`` (what the search penalises, shrinks and exports)."""

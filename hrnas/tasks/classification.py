@@ -32,8 +32,12 @@ class ClassificationTask(Task):
         lo, hi = (float(v) for v in self.cfg["data"]["crop_scale"])
         if not 0 < lo <= hi <= 1:
             raise UserError(f"data.crop_scale={[lo, hi]} must satisfy 0 < min <= max <= 1")
+        ra = self.cfg["data"].get("randaugment")
+        if ra is not None and not (isinstance(ra, list) and len(ra) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in ra) and ra[0] >= 0 and 0 <= ra[1] <= 30):
+            raise UserError(f"data.randaugment={ra!r} must be null or [N, M]: N >= 0 ops, magnitude 0 <= M <= 30")
         ds = build_dataset("imagenet", root, "train", train=True, size=self.input_size(), seed=seed,
-                           crop_scale=(lo, hi))
+                           crop_scale=(lo, hi), randaugment=ra)
         self.num_classes = ds.num_classes
         return ds
 

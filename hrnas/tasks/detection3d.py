@@ -73,7 +73,7 @@ class Detection3DTask(Task):
 
         self.input_size()
         stride = self.head_stride()
-        backbone = build_model("kitti", arch=arch) if arch is not None else \
+        backbone = build_model("kitti", arch=arch, **self.retrain_options()) if arch is not None else \
             build_model("kitti", **self.model_options())
         e = self.cfg["eval"]
         return PointPillarsDetector(backbone, backbone.head.out_channels, BACKBONE_STRIDE, self.pillar_config(True),

@@ -29,10 +29,11 @@ def resolve_data_root(task: str, preset: str, data_root) -> Path:
         if not root.is_dir():
             raise UserError(f"--data-root {root} is not a directory")
         return root
-    if preset == "paper":
-        raise UserError(f"--preset paper needs the real {task} dataset: give --data-root DIR (the embedded "
+    from hrnas.data import PRESETS as SYNTHETIC_PRESETS, ensure_dataset
+
+    if preset not in SYNTHETIC_PRESETS:
+        raise UserError(f"--preset {preset} needs the real {task} dataset: give --data-root DIR (the embedded "
                         f"synthetic data is only for the tiny and smoke presets)")
-    from hrnas.data import ensure_dataset
 
     if D.is_dist():  # one process generates, the others wait and reuse it
         root = ensure_dataset(task, preset) if D.is_main() else None

@@ -3,7 +3,13 @@
 Reference: official-code.md §4 ("Losses": CE with ignore 255 on logits bilinearly upsampled to the
 label size, no OHEM or auxiliary heads) and §5 ("Segmentation": whole-image, single-scale, no-flip
 test; dataset-level histograms); peers-and-metrics.md §2.2, §2.4 (the sliding-window mode).
-The histogram is summed over ranks before the metrics are computed.
+
+Evaluation follows mmseg's test protocol (the authors' ``SegVal``): each image, resized keeping its
+ratio to the test scale and not padded, goes through the network; the logits are upsampled bilinearly
+to the input size, then to the label's original size, and the prediction is their argmax there (with
+flip test: the argmax of the mean of the two softmaxes). Labels are never resized. One image per
+process and step, as the images differ in size. The histogram is summed over ranks before the metrics
+are computed.
 """
 from __future__ import annotations
 
@@ -82,27 +88,35 @@ class SegmentationTask(Task):
         logits = upsample(model(images).float(), labels.shape[-2:])
         return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX), {}
 
-    def predict(self, model, images: torch.Tensor) -> torch.Tensor:
-        """Per-pixel class probabilities of a batch under the recipe's test mode (whole | slide, flip)."""
+    def predict(self, model, images: torch.Tensor, size=None) -> torch.Tensor:
+        """Per-pixel class scores of a batch at ``size`` (default: the input size) under the recipe's test
+        mode: the logits (whole image or sliding window) upsampled to the input, then to ``size``; with
+        ``eval.flip_test`` the mean of the softmax of the image's and of its mirror image's. The argmax
+        is the prediction."""
         e = self.cfg["eval"]
+        size = images.shape[-2:] if size is None else size
 
         def infer(x):
             if e["mode"] == "slide":
-                return slide_logits(model, x, e["slide_crop"], e["slide_stride"]).softmax(1)
-            return whole_logits(model, x).softmax(1)
+                logits = slide_logits(model, x, e["slide_crop"], e["slide_stride"])
+            else:
+                logits = whole_logits(model, x)
+            return upsample(logits, size)
 
-        probs = infer(images)
-        if e["flip_test"]:
-            probs = 0.5 * (probs + infer(images.flip(-1)).flip(-1))
-        return probs
+        if not e["flip_test"]:
+            return infer(images)
+        return 0.5 * (infer(images).softmax(1) + infer(images.flip(-1)).flip(-1).softmax(1))
 
     @torch.no_grad()
     def evaluate(self, model, loader, device, channels_last, out_dir=None, progress=False) -> dict:
         meter = SegmentationMeter(_num_classes(self.name), IGNORE_INDEX, device=device)
         for batch in eval_bar(loader, progress, "eval mIoU"):
             images, labels = self.to_device(batch, device, channels_last)
-            pred = upsample(self.predict(model, images), labels.shape[-2:]).argmax(1)
-            meter.update(pred, labels)
+            if images.shape[0] != 1:
+                raise UserError(f"segmentation evaluation takes one image per process and step (images of "
+                                f"different sizes, labels at their original size), got a batch of "
+                                f"{images.shape[0]}")
+            meter.update(self.predict(model, images, labels.shape[-2:]).argmax(1), labels)
         all_reduce_sum(meter.hist)
         res = meter.compute()
         return {"mIoU": res["mIoU"], "mAcc": res["mAcc"], "aAcc": res["aAcc"], "IoU": res["IoU"],

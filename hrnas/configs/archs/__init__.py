@@ -1,0 +1,1 @@
+"""Architectures shipped with hrnas, found by name (``hrnas.models.factory.load_arch``)."""
