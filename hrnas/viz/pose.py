@@ -162,9 +162,12 @@ def match_people(preds, gts, gt_thr: float = 0.5) -> list[int | None]:
     return match
 
 
-def _number_person(ax, box, number: int) -> None:
+def _number_person(ax, box, number: int, width: int, height: int) -> None:
+    """The person's box (dashed) and its number in the box's top-left corner, kept inside the image."""
     ax.add_patch(Rectangle(box[:2], box[2], box[3], fill=False, ec="black", lw=0.8, ls="--", zorder=2))
-    ax.text(box[0] + 1, box[1] + 1, str(number), fontsize=7, va="top", ha="left", zorder=5, clip_on=True,
+    x = float(np.clip(box[0], 0, width - 1)) + 1
+    y = float(np.clip(box[1], 0, height - 1)) + 1
+    ax.text(x, y, str(number), fontsize=7, va="top", ha="left", zorder=5, clip_on=True,
             bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})
 
 
@@ -202,7 +205,7 @@ def show_pose_comparison(images, preds, gts, path=None, score_thr: float = 0.0, 
             for number, kp in zip(numbers[c], people[r]):
                 box = _person_box(kp, thr)
                 if box is not None:
-                    _number_person(ax, box, number)
+                    _number_person(ax, box, number, imgs[r].shape[1], imgs[r].shape[0])
                 draw_skeleton(ax, kp, thr)
             ax.set_xlim(-0.5, imgs[r].shape[1] - 0.5)
             ax.set_ylim(imgs[r].shape[0] - 0.5, -0.5)
