@@ -113,16 +113,11 @@ class TaskRun:
 
         return load_config(self.task, self.preset, self.settings)
 
-    def dataset(self, split: str = "val"):
-        """The ``split`` ("train" | "val") dataset as the run's recipe reads it (train: with its augmentation)."""
+    def val_dataset(self):
+        """The validation split as the run's recipe reads it (the evaluation's transform, no augmentation)."""
         from hrnas.tasks import get_task
 
-        t = get_task(self.config())
-        if split == "val":
-            return t.val_dataset(self.data_root)
-        if split == "train":
-            return t.train_dataset(self.data_root, self.config()["train"]["seed"])
-        raise UserError(f"split: {split!r} is not one of train, val")
+        return get_task(self.config()).val_dataset(self.data_root)
 
     # ---- search, retraining, evaluation --------------------------------------------------------
     def search(self, reuse=()) -> dict:
@@ -199,13 +194,15 @@ class TaskRun:
         from hrnas.tasks.runner import evaluate_checkpoint
 
         final = self._require("final_dir", "search()")
+        if key is not None and key not in names.values():
+            raise UserError(f"key: {key!r} is not among our metrics ({', '.join(names.values())})")
         self.evaluation, self.evaluated = evaluate_checkpoint(self.task, final, data_root=self.data_root,
                                                               return_model=True)
         self.ours = {published: scale * self.evaluation[k] for k, published in names.items() if k in self.evaluation}
         print(self.describe_evaluation())
         if key is not None:
             if key not in self.ours:
-                raise UserError(f"key: {key!r} is not among our metrics ({', '.join(self.ours)})")
+                raise UserError(f"key: the evaluation has no value for {key!r} ({', '.join(self.evaluation)})")
             print(describe_expected(self.task, key, self.ours[key], self.preset, unit=unit))
         return pd.Series(self.ours, name=f"ours ({self.label})").round(2)
 

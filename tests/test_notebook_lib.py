@@ -2,6 +2,8 @@
 
 One real smoke search (ImageNet, the fastest task) checks the whole TaskRun sequence and that the
 network kept by ``evaluate`` is the evaluated one; the samplers are checked on crafted datasets."""
+import contextlib
+import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -186,8 +188,10 @@ def imagenet_run(tmp_path_factory):
         run = nb.TaskRun.open("01_imagenet_classification", "imagenet", preset="smoke", out_dir=out / "runs",
                               figures_dir=out / "figures", progress=False)
         run.search()
-        ours = run.evaluate({"top1": "top-1", "top5": "top-5", "missing": "x"})
-        yield run, ours
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            table = run.evaluate({"top1": "top-1", "top5": "top-5", "missing": "x"}, key="top-1", unit="%")
+        yield run, table, printed.getvalue().splitlines()
 
 
 def test_taskrun_needs_its_steps_in_order(tmp_path):
@@ -197,27 +201,38 @@ def test_taskrun_needs_its_steps_in_order(tmp_path):
     with pytest.raises(UserError, match="^02_x: call search\\(\\) first"):
         run.evaluate({"mIoU": "mIoU"})
     with pytest.raises(UserError, match="^02_x: call evaluate\\(\\) first"):
+        run.results_table()
+    with pytest.raises(UserError, match="^02_x: call evaluate\\(\\) first"):
         run.eval_dir
 
 
 def test_taskrun_search_and_evaluation(imagenet_run):
     from hrnas.tasks.runner import evaluate_checkpoint
 
-    run, ours = imagenet_run
+    run, table, _ = imagenet_run
     assert run.search_dir == run.final_dir == run.run_root / "search" and (run.run_root / "arch.json").is_file()
     assert run.synthetic and run.label == "SYNTHETIC data, preset smoke"
-    assert set(ours) == {"top-1", "top-5"} and ours["top-1"] == run.evaluation["top1"]
+    assert set(run.ours) == {"top-1", "top-5"} and run.ours["top-1"] == run.evaluation["top1"]
+    assert table.name == "ours (SYNTHETIC data, preset smoke)" and table["top-5"] == round(run.evaluation["top5"], 2)
     plain = evaluate_checkpoint("imagenet", run.final_dir, data_root=run.data_root)  # without return_model
     assert {k: plain[k] for k in ("top1", "top5", "step")} == {k: run.evaluation[k] for k in ("top1", "top5", "step")}
     # the kept network is the evaluated one: its predictions give the evaluation's top-1 again
-    probs, labels = nb.classify(run.evaluated, run.dataset("val"))
+    probs, labels = nb.classify(run.evaluated, run.val_dataset())
     assert 100 * float((probs.argmax(1) == labels).mean()) == pytest.approx(run.evaluation["top1"], abs=1e-6)
     assert run.eval_dir == run.final_dir / "eval"
     assert "no retraining" in run.describe_evaluation() and "4 steps" in run.describe_search()
 
 
+def test_taskrun_evaluate_prints_the_network_and_the_expected_range(imagenet_run):
+    run, _, lines = imagenet_run
+    assert lines[0].startswith("evaluated the searched network (no retraining):")
+    assert lines[1].startswith("top-1 ") and lines[1].endswith("no multi-seed table for this preset yet")  # smoke
+    with pytest.raises(UserError, match="^key: 'AP' is not among our metrics"):
+        run.evaluate({"top1": "top-1"}, key="AP")  # checked before evaluating
+
+
 def test_taskrun_logs_curves_and_tables(imagenet_run):
-    run, ours = imagenet_run
+    run, _, _ = imagenet_run
     steps, history = run.steps(), run.history()
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all("penalty" in r for r in steps)
     assert history[-1]["step"] == 4 and "macs" in history[-1]
@@ -226,7 +241,7 @@ def test_taskrun_logs_curves_and_tables(imagenet_run):
     cost = run.cost_table()
     assert list(cost.index) == ["super network", "searched"]
     assert cost.loc["searched", "MACs (G), true"] < cost.loc["super network", "MACs (G), true"]
-    table = run.results_table(ours)
+    table = run.results_table()
     saved = pd.read_csv(run.figures_dir / "01_imagenet_classification_results_smoke.csv")
     assert list(saved.columns) == nb.RESULT_COLUMNS and "source" not in table.columns
     assert saved["metric"].iloc[:2].tolist() == ["top-1", "top-5"]
@@ -237,8 +252,8 @@ def test_taskrun_logs_curves_and_tables(imagenet_run):
 def test_taskrun_record_keeps_the_notebooks_keys(imagenet_run):
     from hrnas.reproduce import read_metrics
 
-    run, ours = imagenet_run
-    run.record(ours, key=["top-1"], extra={"extra number": 1.5})
+    run, _, _ = imagenet_run
+    run.record(key=["top-1"], extra={"extra number": 1.5})
     record = read_metrics(run.out_dir, run.name)
     assert list(record["metrics"]) == ["preset", "synthetic", "retrained", "top-1", "top-5", "extra number",
                                        "searched_params_M", "searched_MACs_G", "search_steps", "search_wall_time_s"]

@@ -148,7 +148,9 @@ def test_show_pose_comparison_draws_ours_beside_the_ground_truth(tmp_path):
         ours1, gt1, ours2, gt2 = fig.axes
         assert len(_limbs(gt1)) == 19 and len(_limbs(ours1)) == 19 - 7  # 7 limbs touch the face keypoints
         assert len(_limbs(ours2)) == 2 * 19
-        assert ours2.get_title() == "image 2 · ours: 2 people" and gt1.get_title() == "image 1 · ground truth: 1 person"
+        assert ours2.get_title() == "image 2 · ours: 2 people, 34 of 34 keypoints >= 0.2"
+        assert ours1.get_title() == "image 1 · ours: 1 person, 12 of 17 keypoints >= 0.2"
+        assert gt1.get_title() == "image 1 · ground truth: 1 person"
         assert len(ours2.patches) == 2 and [t.get_text() for t in ours2.texts] == ["1", "2"]  # boxed and numbered
         shown = ours1.images[0].get_array()
         assert shown[0, 0].tolist() == [180, 180, 180]  # dimmed halfway to grey 160
@@ -307,6 +309,12 @@ def test_show_kitti_frame(tmp_path, calib):
     try:
         assert len(fig.axes) == 3 and fig.axes[2].get_title() == "3-D view (open3d)"
         assert fig.axes[0].get_legend_handles_labels()[1] == ["ground truth: 2"]
+    finally:
+        plt.close(fig)
+    twins = np.array([gt[0], gt[0] + [0.3, 0, 0, 0, 0, 0, 0]])  # two overlapping boxes: one score written
+    fig = pointcloud.show_kitti_frame(ground, gt, twins, [0.4, 0.7])
+    try:
+        assert [t.get_text() for t in fig.axes[0].texts] == ["0.70"]
     finally:
         plt.close(fig)
     with pytest.raises(UserError, match="^pred_scores: 2 scores for 10"):

@@ -294,15 +294,22 @@ def _draw_image_boxes(ax, uv: np.ndarray, visible: np.ndarray, color, label: str
     return drawn
 
 
+SCORE_LABEL_SPACING = 2.0  # metres: a score is not written closer than this to a higher one already written
+
+
 def _draw_bev_boxes(ax, boxes: np.ndarray, color, label: str, scores=None) -> None:
-    for i, box in enumerate(boxes):
+    written = []
+    order = np.argsort(-scores, kind="stable") if scores is not None else range(len(boxes))
+    for rank, i in enumerate(order):
+        box = boxes[i]
         outline = _bev_outline(box)
-        ax.plot(-outline[:, 1], outline[:, 0], "-", color=color, lw=1.6, label=label if i == 0 else None)
+        ax.plot(-outline[:, 1], outline[:, 0], "-", color=color, lw=1.6, label=label if rank == 0 else None)
         front = 0.5 * (outline[0] + outline[1])  # heading tick: centre -> middle of the front edge
         ax.plot([-box[1], -front[1]], [box[0], front[0]], "-", color=color, lw=1.2)
-        if scores is not None:
-            ax.text(-outline[:, 1].min(), outline[:, 0].max() + 0.4, f"{scores[i]:.2f}", color=color, fontsize=6,
-                    ha="left", va="bottom")
+        at = np.array([-outline[:, 1].min(), outline[:, 0].max() + 0.4])
+        if scores is not None and all(np.linalg.norm(at - w) >= SCORE_LABEL_SPACING for w in written):
+            ax.text(at[0], at[1], f"{scores[i]:.2f}", color=color, fontsize=6, ha="left", va="bottom")
+            written.append(at)
 
 
 def show_kitti_frame(points, gt_boxes=None, pred_boxes=None, pred_scores=None, *, image=None, calib=None,
@@ -313,9 +320,9 @@ def show_kitti_frame(points, gt_boxes=None, pred_boxes=None, pred_scores=None, *
     Top: the camera image (``image``, HxWx3 uint8) with the boxes projected through ``calib`` (when both
     are given); below: the bird's-eye view, x (forward) up and y (left) to the left, points coloured by
     height; beside it ``view3d`` (an RGB array, e.g. from :func:`render_open3d_image`) when given. Ground
-    truth is green; predictions (red, with their scores in the bird's-eye view when at most
-    :data:`MAX_SCORE_LABELS` are drawn) are drawn when their score is >= ``score_thr``, and the legend
-    says how many of how many that is.
+    truth is green; predictions (red) are drawn when their score is >= ``score_thr``, and the legend says
+    how many of how many that is. The bird's-eye view writes the scores (when at most
+    :data:`MAX_SCORE_LABELS` boxes are drawn; of overlapping boxes, the highest score only).
     """
     from matplotlib.figure import Figure
 

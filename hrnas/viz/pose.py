@@ -212,6 +212,9 @@ def show_pose_comparison(images, preds, gts, path=None, score_thr: float = 0.0, 
             ax.set_xticks([])
             ax.set_yticks([])
             text = f"{label}: {len(people[r])} {'person' if len(people[r]) == 1 else 'people'}"
+            if c == 0:  # how much of ours the confidence threshold lets through
+                shown_kp = sum(int((kp[:, 2] >= thr).sum()) for kp in people[r])
+                text += f", {shown_kp} of {NUM_KEYPOINTS * len(people[r])} keypoints >= {thr:g}"
             if titles is not None and r < len(titles):
                 text = f"{titles[r]} · {text}"
             ax.set_title(text, fontsize=8)
