@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hrnas.errors import UserError
+from hrnas.tasks.runner import data_label, evaluate_checkpoint, export_arch, resolve_data_root, run_experiment
 
 RESULT_COLUMNS = ["method", "metric", "value", "input_size", "params_M", "macs_G", "split", "confidence",
                   "source", "note"]
@@ -44,11 +45,6 @@ def read_jsonl(path) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise UserError(f"{path} line {n}: not JSON ({err})") from None
     return rows
-
-
-def data_label(synthetic: bool, preset: str) -> str:
-    """The provenance label of every number and figure, e.g. ``"SYNTHETIC data, preset tiny"``."""
-    return f"{'SYNTHETIC' if synthetic else 'real'} data, preset {preset}"
 
 
 @dataclass
@@ -80,7 +76,6 @@ class TaskRun:
         """Resolve the dataset (``data_root``, else the embedded synthetic one) and the run's settings
         (``train.seed=<seed>`` followed by ``overrides``)."""
         from hrnas.data.synthetic import read_marker
-        from hrnas.tasks.runner import resolve_data_root
 
         root = resolve_data_root(task, preset, data_root)
         return cls(name=name, task=task, preset=preset, out_dir=Path(out_dir), figures_dir=Path(figures_dir),
@@ -123,8 +118,6 @@ class TaskRun:
     def search(self, reuse=()) -> dict:
         """A fresh search in ``<out_dir>/<name>/search`` (removed first), unless a run in ``reuse`` finished
         the very same search; the architecture it selected is exported to ``<out_dir>/<name>/arch.json``."""
-        from hrnas.tasks.runner import export_arch, run_experiment
-
         search_dir = self.run_root / "search"
         shutil.rmtree(search_dir, ignore_errors=True)  # a notebook run starts a fresh search
         result = run_experiment(self.task, "search", out=search_dir, data_root=self.data_root, preset=self.preset,
@@ -168,8 +161,6 @@ class TaskRun:
 
     def retrain(self) -> dict:
         """Train the searched architecture from scratch in ``<out_dir>/<name>/retrain``; it becomes the final run."""
-        from hrnas.tasks.runner import run_experiment
-
         arch_file = self._require("arch_file", "search()")
         final = self.run_root / "retrain"
         shutil.rmtree(final, ignore_errors=True)
@@ -191,7 +182,6 @@ class TaskRun:
         import pandas as pd
 
         from hrnas.expected import describe_expected
-        from hrnas.tasks.runner import evaluate_checkpoint
 
         final = self._require("final_dir", "search()")
         if key is not None and key not in names.values():

@@ -237,7 +237,12 @@ class LoadedRun:
     @property
     def label(self) -> str:
         """A short provenance label for figure titles, e.g. ``"SYNTHETIC data, preset tiny"``."""
-        return f"{'SYNTHETIC' if self.synthetic else 'real'} data, preset {self.record['preset']}"
+        return data_label(self.synthetic, self.record["preset"])
+
+
+def data_label(synthetic: bool, preset: str) -> str:
+    """The provenance label of every number and figure, e.g. ``"SYNTHETIC data, preset tiny"``."""
+    return f"{'SYNTHETIC' if synthetic else 'real'} data, preset {preset}"
 
 
 def load_run(run_dir, ema: bool | None = None) -> LoadedRun:
