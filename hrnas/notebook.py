@@ -13,7 +13,7 @@ A task notebook (01-05) runs the same sequence on its dataset; `TaskRun` is that
 
 The samplers below turn a dataset or an evaluated run into what the figures of `hrnas.viz` draw; the
 task notebooks and 20_visualizations share them: `segmentation_samples` / `segmentation_predictions`,
-`pose_samples` / `pose_predictions`, `kitti_frame` / `kitti_predictions`, `classification_samples` /
+`pose_samples` / `pose_predictions`, `kitti_frame` / `kitti_detections`, `classification_samples` /
 `classify` / `class_names`.
 """
 from __future__ import annotations
@@ -391,15 +391,22 @@ def kitti_frame(dataset, index: int = 0) -> dict:
     return {**sample, "image": image}
 
 
-def kitti_predictions(run, frame: dict) -> dict:
-    """The detector's boxes of one frame after its NMS (``boxes`` (K, 7) LiDAR, ``scores``, ``labels``)."""
-    import torch
+def kitti_detections(results_dir, frame: dict) -> dict:
+    """The detections the evaluation wrote for ``frame`` (``<results_dir>/<frame_id>.txt``: KITTI result
+    lines in the camera frame, after the detector's NMS and score threshold), back in the LiDAR frame:
+    ``boxes`` (K, 7), ``scores`` (K,), ``labels`` (K,) 1 Car, 2 Pedestrian, 3 Cyclist."""
+    from hrnas.data.kitti import CLASSES, camera_boxes_to_lidar
+    from hrnas.metrics.kitti import read_result_file
 
-    sample = {k: v for k, v in frame.items() if k != "image"}
-    batch = run.task.to_device(run.task.collate()([sample]), _device(run.net), False)
-    with torch.no_grad():
-        pred = run.net(batch)[0]
-    return {k: pred[k].detach().cpu().numpy() for k in ("boxes", "scores", "labels")}
+    path = Path(results_dir) / f"{frame['frame_id']}.txt"
+    if not path.is_file():
+        raise UserError(f"{path}: no KITTI result file for frame {frame['frame_id']} (the evaluation writes "
+                        f"kitti_results/<frame>.txt)")
+    dets = read_result_file(path)
+    keep = np.array([n in CLASSES for n in dets["name"]], dtype=bool)
+    cam = np.column_stack([dets["location"], dets["dimensions"], dets["rotation_y"]])[keep]  # x y z h w l ry
+    return {"boxes": camera_boxes_to_lidar(cam, frame["calib"]), "scores": dets["score"][keep],
+            "labels": np.array([CLASSES.index(n) + 1 for n in dets["name"][keep]], dtype=np.int64)}
 
 
 def class_names(data_root, classes) -> list[str]:
@@ -444,5 +451,5 @@ def classify(run, dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray
 
 
 __all__ = ["TaskRun", "read_jsonl", "data_label", "class_iou", "segmentation_samples", "segmentation_predictions", "pose_samples",
-           "pose_predictions", "kitti_frame", "kitti_predictions", "class_names", "classification_samples",
+           "pose_predictions", "kitti_frame", "kitti_detections", "class_names", "classification_samples",
            "classify"]

@@ -149,25 +149,28 @@ def test_pose_samplers(tmp_path):
 
 
 def test_kitti_samplers(tmp_path):
-    from hrnas.data.kitti import collate_kitti
+    from hrnas.data.synthetic.kitti import _calibration
+    from hrnas.metrics import kitti as K
+    from hrnas.tasks.detection3d import detections_to_kitti
 
+    calib = _calibration()
     (tmp_path / "image_2").mkdir()
-    Image.fromarray(np.full((20, 60, 3), 7, np.uint8)).save(tmp_path / "image_2" / "000004.png")
+    Image.fromarray(np.full((375, 1242, 3), 7, np.uint8)).save(tmp_path / "image_2" / "000004.png")
     sample = {"points": torch.rand(50, 4), "gt_boxes": torch.tensor([[10.0, 0, -1, 4, 2, 1.5, 0]]),
-              "gt_labels": torch.tensor([1]), "frame_id": "000004", "calib": None}
+              "gt_labels": torch.tensor([1]), "frame_id": "000004", "calib": calib}
     frame = nb.kitti_frame(_Indexable(tmp_path, sample), 0)
-    assert frame["image"].shape == (20, 60, 3) and frame["frame_id"] == "000004"
-    seen = {}
-
-    def net(batch):
-        seen.update(batch)
-        return [{"boxes": torch.ones(2, 7), "scores": torch.tensor([0.9, 0.2]), "labels": torch.tensor([1, 1])}]
-
-    net.parameters = lambda: iter([torch.zeros(1)])
-    task = SimpleNamespace(collate=lambda: collate_kitti, to_device=lambda b, d, c: b)
-    pred = nb.kitti_predictions(SimpleNamespace(task=task, net=net), frame)
-    assert seen["points"].shape == (50, 5) and "image" not in seen  # one frame, with its batch index column
-    assert pred["scores"].tolist() == pytest.approx([0.9, 0.2]) and pred["boxes"].shape == (2, 7)
+    assert frame["image"].shape == (375, 1242, 3) and frame["frame_id"] == "000004"
+    # what the evaluation writes for a frame, read back: the detector's LiDAR boxes, scores and classes
+    boxes = np.array([[12.0, 3.0, -0.9, 4.0, 1.7, 1.5, 0.4], [25.0, -6.0, -0.8, 0.8, 0.6, 1.8, -2.0]])
+    pred = {"boxes": torch.tensor(boxes), "scores": torch.tensor([0.9, 0.2]), "labels": torch.tensor([1, 2])}
+    K.write_result_file(tmp_path / "res" / "000004.txt", detections_to_kitti(pred, calib, (1242, 375)))
+    back = nb.kitti_detections(tmp_path / "res", frame)
+    assert back["labels"].tolist() == [1, 2] and back["scores"] == pytest.approx([0.9, 0.2])
+    assert back["boxes"][:, :6] == pytest.approx(boxes[:, :6], abs=2e-4)  # 4 decimals in the file
+    yaw = (back["boxes"][:, 6] - boxes[:, 6] + np.pi) % (2 * np.pi) - np.pi
+    assert np.abs(yaw).max() < 1e-3
+    with pytest.raises(UserError, match="no KITTI result file for frame 000004"):
+        nb.kitti_detections(tmp_path / "nowhere", frame)
 
 
 class _Indexable:
