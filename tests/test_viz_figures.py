@@ -11,7 +11,7 @@ from matplotlib.colors import to_hex  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hrnas.errors import UserError  # noqa: E402
-from hrnas.viz import classification, plots, pointcloud, pose, seg  # noqa: E402
+from hrnas.viz import classification, grid, plots, pointcloud, pose, seg  # noqa: E402
 
 
 def _png(path, min_std=5.0):
@@ -25,6 +25,25 @@ def _no_overlap(fig, upper, lower):
     renderer = fig.canvas.get_renderer()
     a, b = upper.get_window_extent(renderer), lower.get_window_extent(renderer)
     return a.y0 >= b.y1
+
+
+# --------------------------------------------------------------------------------------------
+# the shared grid of image panels
+def test_image_grid():
+    fig, axes = grid.image_grid(5, 3, 2.0, 1.5, extra_height=0.5)
+    try:
+        assert len(axes) == 5 and len(fig.axes) == 6  # 2 rows of 3, the last cell hidden
+        assert [ax.axison for ax in fig.axes] == [True] * 5 + [False]
+        assert list(fig.get_size_inches()) == [6.0, 3.5] and not axes[0].get_xticks().size
+    finally:
+        plt.close(fig)
+    fig, axes = grid.image_grid(2, 4, 1.0, 1.0)  # fewer panels than columns: one row of 2
+    try:
+        assert len(fig.axes) == 2 and list(fig.get_size_inches()) == [2.0, 1.0]
+    finally:
+        plt.close(fig)
+    with pytest.raises(UserError, match="^ncols:"):
+        grid.image_grid(3, 0, 1.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 from hrnas.errors import UserError
+from hrnas.viz.grid import image_grid
 from hrnas.viz.plots import save_figure
 from hrnas.viz.seg import _as_list, as_image
 
@@ -61,21 +62,11 @@ def show_images(images, labels, class_names, path=None, ncols: int = 5, panel_wi
         raise UserError("images: give at least one image")
     names = _names(class_names)
     lab = _labels(labels, len(imgs), len(names), "labels")
-    if not isinstance(ncols, int) or ncols < 1:
-        raise UserError(f"ncols: expected an integer >= 1, got {ncols!r}")
-    ncols = min(ncols, len(imgs))
-    nrows = math.ceil(len(imgs) / ncols)
     title_h = 0.4 if title else 0.0
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, (panel_width + 0.3) * nrows + title_h),
-                             squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= len(imgs):
-            ax.axis("off")
-            continue
-        ax.imshow(imgs[i])
-        ax.set_title(names[lab[i]], fontsize=9)
+    fig, axes = image_grid(len(imgs), ncols, panel_width, panel_width + 0.3, title_h)
+    for ax, img, label in zip(axes, imgs, lab):
+        ax.imshow(img)
+        ax.set_title(names[label], fontsize=9)
     total_h = fig.get_size_inches()[1]
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 0.08 / total_h, va="top")

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
 from hrnas.errors import UserError
+from hrnas.viz.grid import image_grid
 from hrnas.viz.plots import save_figure
 from hrnas.viz.seg import _as_list, as_image
 
@@ -97,21 +98,12 @@ def show_pose(images, keypoints_per_image, path=None, score_thr: float = 0.2, nc
         raise UserError("images: give at least one image")
     if len(kpl) != len(imgs):
         raise UserError(f"keypoints_per_image: {len(kpl)} entries for {len(imgs)} images")
-    if not isinstance(ncols, int) or ncols < 1:
-        raise UserError(f"ncols: expected an integer >= 1, got {ncols!r}")
     imgs = [dim_image(im, dim) if dim else as_image(im) for im in imgs]
     people = [_people(k, f"keypoints_per_image[{i}]") for i, k in enumerate(kpl)]
-    ncols = min(ncols, len(imgs))
-    nrows = math.ceil(len(imgs) / ncols)
     h, w = imgs[0].shape[:2]
     panel_h = float(np.clip(panel_width * h / w, 1.0, 2.5 * panel_width))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, panel_h * nrows + 0.3), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= len(imgs):
-            ax.axis("off")
-            continue
+    fig, axes = image_grid(len(imgs), ncols, panel_width, panel_h, 0.3)
+    for i, ax in enumerate(axes):
         ax.imshow(imgs[i])
         for kp in people[i]:
             draw_skeleton(ax, kp, score_thr)

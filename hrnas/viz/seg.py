@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
 from hrnas.errors import UserError
+from hrnas.viz.grid import image_grid
 from hrnas.viz.plots import save_figure
 
 # Kept here (not imported from hrnas.data, which loads torch): tests check they equal hrnas.data's.
@@ -197,24 +198,14 @@ def show_labels(images, masks, palette="cityscapes", path=None, titles=None, tit
         raise UserError("images: give at least one image")
     if len(labels) != len(imgs):
         raise UserError(f"masks: {len(labels)} label maps for {len(imgs)} images")
-    if not isinstance(ncols, int) or ncols < 1:
-        raise UserError(f"ncols: expected an integer >= 1, got {ncols!r}")
-    ncols = min(ncols, len(imgs))
-    nrows = int(np.ceil(len(imgs) / ncols))
     h, w = imgs[0].shape[:2]
     panel_h = float(np.clip(panel_width * h / w, 1.2, 2.0 * panel_width))
     handles = _legend_handles(palette, pal, labels)
     legend_h = (0.28 * int(np.ceil(len(handles) / 6)) + 0.15) if handles else 0.0
     title_h = 0.4 if title else 0.0
     head_h = 0.3 if titles is not None else 0.05
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, (panel_h + head_h) * nrows + title_h + legend_h),
-                             squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= len(imgs):
-            ax.axis("off")
-            continue
+    fig, axes = image_grid(len(imgs), ncols, panel_width, panel_h + head_h, title_h + legend_h)
+    for i, ax in enumerate(axes):
         ax.imshow(overlay(imgs[i], labels[i], pal, alpha), interpolation="nearest")
         if titles is not None and i < len(titles):
             ax.set_title(str(titles[i]), fontsize=9)
