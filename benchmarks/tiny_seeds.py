@@ -10,8 +10,9 @@ tiny top-1 came out 15.3 % instead of 23.0 %). This script measures the spread o
 Each (task, seed) is ``hrnas search TASK --preset P --out OUT/TASK/seedS train.seed=S`` in its own
 process with one torch thread (OMP_NUM_THREADS=1), ``--jobs`` at a time. Resumable: a run whose
 ``run.json`` says finished is not repeated, an interrupted one continues with ``--resume``. From each
-run's ``run.json`` it takes the final metrics (imagenet top1/top5; cityscapes and ade20k
-mIoU/mAcc/aAcc; coco AP/AP50/AR; kitti Car BEV and 3D AP, moderate, R40 — the notebooks' numbers),
+run's ``run.json`` it takes the final metrics (``hrnas.expected.RUN_METRICS``: imagenet
+top-1/top-5; cityscapes and ade20k mIoU/mAcc/aAcc; coco AP/AP50/AR; kitti Car BEV and 3D AP,
+moderate, R40 — under the names the notebooks record),
 the MACs ratio (searched / super network) and the wall time, and writes ``OUT/summary.csv`` and
 ``OUT/summary.md``: per task and metric mean, std, min, max, n, the seeds and the per-seed values,
 with the machine (CPU model, cores, torch version, threads), the git commit and the date.
@@ -41,15 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this tree's hrnas, as in the runs (their PYTHONPATH starts with REPO)
 TASKS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
 DEFAULT_SEEDS = (1995, 1, 2, 3, 4)
+from hrnas.expected import RUN_METRICS  # noqa: E402  (metric names and units of the notebooks)
+
 PACKAGED_TABLE = REPO / "hrnas" / "configs" / "tiny_expected.csv"
-# run.json metric -> scale to the notebooks' unit (percent)
-TASK_METRICS = {
-    "imagenet": {"top1": 1, "top5": 1},
-    "cityscapes": {"mIoU": 100, "mAcc": 100, "aAcc": 100},
-    "ade20k": {"mIoU": 100, "mAcc": 100, "aAcc": 100},
-    "coco": {"AP": 100, "AP50": 100, "AR": 100},
-    "kitti": {"Car_bev_R40_moderate": 1, "Car_3d_R40_moderate": 1},
-}
 TABLE_COLUMNS = ("task", "metric", "mean", "std", "min", "max", "n", "seeds", "machine", "commit", "date")
 
 
@@ -124,7 +119,8 @@ def collect(out: Path, tasks, seeds) -> dict[tuple[str, str], dict[int, float]]:
             if run_state(folder) != "finished":
                 continue
             run = json.loads((folder / "run.json").read_text())
-            got = {m: scale * run["metrics"][m] for m, scale in TASK_METRICS[task].items() if m in run["metrics"]}
+            got = {name: scale * run["metrics"][m] for m, (name, scale) in RUN_METRICS[task].items()
+                   if m in run["metrics"]}
             got["macs_ratio"] = run["profile"]["macs_ratio"]
             got["wall_time_s"] = run["wall_time_s"]
             for metric, v in got.items():

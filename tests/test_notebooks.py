@@ -71,7 +71,9 @@ def test_parameters_cell(path):
     nb = nbformat.read(path, as_version=4)
     src = parameters_source(nb)
     tree = ast.parse(src)
-    assert all(isinstance(node, ast.AnnAssign) for node in tree.body), "only annotated assignments"
+    typing_imports = [node for node in tree.body if isinstance(node, ast.ImportFrom) and node.module == "typing"]
+    assert all(isinstance(node, ast.AnnAssign) for node in tree.body if node not in typing_imports), \
+        "only annotated assignments (and the typing import their annotations need)"
     declared = rp.inspect_parameters(path)
     assert REQUIRED_PARAMS <= set(declared)
     for name, info in declared.items():
@@ -79,7 +81,8 @@ def test_parameters_cell(path):
     assert declared["preset"]["default"] == "tiny"
     assert declared["progress"]["type"] == "bool"
     if path.stem in TASK_NOTEBOOKS or path.stem in ABLATIONS:
-        assert declared["data_root"]["type"] == "Optional[str]" and declared["data_root"]["default"] is None
+        assert rp.parse_type(declared["data_root"]["type"]) == ("optional", ("str",))
+        assert declared["data_root"]["default"] is None
     if path.stem in TASK_NOTEBOOKS:
         assert declared["retrain"]["default"] is False
 
@@ -194,8 +197,9 @@ def test_figures_are_nonblank_pngs(batch):
     expected = {"00_quickstart_searched_architecture_smoke.png", "10_ablation_projection_size_smoke.png",
                 "11_ablation_attention_smoke.png", "20_visualizations_segmentation_smoke.png",
                 "20_visualizations_pose_smoke.png", "20_visualizations_detection_smoke.png",
-                "20_visualizations_architecture_smoke.png",
-                *(f"{n}_searched_architecture_smoke.png" for n in TASK_NOTEBOOKS)}
+                "20_visualizations_architecture_smoke.png", "01_imagenet_classification_confusion_matrix_smoke.png",
+                *(f"{n}_{what}_smoke.png" for n in TASK_NOTEBOOKS
+                  for what in ("searched_architecture", "search_curves", "data_samples", "predictions"))}
     assert expected <= {p.name for p in pngs}
     for png in pngs:
         img = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)

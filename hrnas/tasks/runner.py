@@ -143,13 +143,15 @@ def _checkpoint_file(path) -> Path:
 
 
 def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | None = None, overrides=(),
-                        detections=None) -> dict:
+                        detections=None, *, return_model: bool = False):
     """Metrics of a checkpoint (file or run directory) on the val split, with the stored recipe's
     evaluation settings (or those of ``preset`` + ``overrides``); EMA weights when ``eval.use_ema``.
 
     ``detections`` (coco): a COCO person detection-results JSON whose boxes (score >=
     ``eval.det_score_thr``) replace the ground-truth boxes (``eval.use_gt_boxes=false``), the
-    standard COCO keypoint protocol."""
+    standard COCO keypoint protocol. ``return_model=True`` returns ``(metrics, LoadedRun)`` instead: the
+    network exactly as evaluated (BN statistics re-calibrated, eval mode), so that the predictions a
+    notebook draws are the evaluated ones."""
     import torch
 
     from hrnas.data import build_loader
@@ -195,8 +197,14 @@ def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | Non
     out_dir = path.parent / "eval"
     metrics = evaluate_model(t, net, cfg, val_loader=val_loader, calib_loader=calib_loader, device=device,
                              channels_last=channels_last, calib_seed=calibration_seed(cfg, ckpt["step"]),
-                             out_dir=out_dir)
-    return {"checkpoint": str(path), "step": int(ckpt["step"]), **metrics}
+                             out_dir=out_dir, copy_model=not return_model)
+    result = {"checkpoint": str(path), "step": int(ckpt["step"]), **metrics}
+    if not return_model:
+        return result
+    record_file = path.parent / "run.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {"preset": preset}
+    return result, LoadedRun(dir=path.parent, record=record, task=t, data_root=root,
+                             synthetic=_synthetic_marker(root) is not None, net=net.eval(), step=int(ckpt["step"]))
 
 
 def export_arch(run_dir, out) -> Path:
@@ -241,7 +249,12 @@ class LoadedRun:
     @property
     def label(self) -> str:
         """A short provenance label for figure titles, e.g. ``"SYNTHETIC data, preset tiny"``."""
-        return f"{'SYNTHETIC' if self.synthetic else 'real'} data, preset {self.record['preset']}"
+        return data_label(self.synthetic, self.record["preset"])
+
+
+def data_label(synthetic: bool, preset: str) -> str:
+    """The provenance label of every number and figure, e.g. ``"SYNTHETIC data, preset tiny"``."""
+    return f"{'SYNTHETIC' if synthetic else 'real'} data, preset {preset}"
 
 
 def load_run(run_dir, ema: bool | None = None) -> LoadedRun:

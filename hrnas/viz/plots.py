@@ -7,6 +7,9 @@
   same label in different hue groups (e.g. "ours" and "paper") are joined by a dotted line.
 - `training_curves(history, keys)`: one panel per key against the epoch (the trainer's `history.jsonl`
   rows), plus a MACs panel when the rows carry `macs` (searches).
+- `search_curves(steps, epochs, metric)`: a search as four panels against the step: the task loss, the
+  resource-aware L1 penalty (which dwarfs the task loss, so the two never share an axis), the MACs of
+  the live network and the validation metric, with the shrinking steps marked.
 """
 from __future__ import annotations
 
@@ -152,4 +155,74 @@ def training_curves(history: list[dict], keys=None, path=None, title: str | None
     return fig
 
 
-__all__ = ["DPI", "save_figure", "metric_vs_cost", "training_curves"]
+def _series(rows, key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(_number(r.get("step")), _number(r.get(key))) for r in rows]
+    pts = [(a, b) for a, b in pts if a is not None and b is not None]
+    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+
+def search_curves(steps, epochs, metric: str | None = None, path=None, title: str | None = None):
+    """A search (or a retraining) as panels against the training step; returns the figure.
+
+    ``steps``: rows of ``steps.jsonl`` (every ``train.log_interval`` steps: ``task_loss``, ``penalty``,
+    ``l2``, ...); ``epochs``: rows of ``metrics.jsonl`` (per epoch and evaluation: ``train_task_loss``,
+    ``macs``, ``val_*``, ``removed_channels`` at a shrink). Panels, each where its data exists: the task
+    loss (per step, else per epoch), the L1 penalty (and the coupled L2 term), the MACs and
+    ``val_<metric>`` (default: the rows' ``val_main``). Dotted verticals mark the steps that shrank the network.
+    """
+    steps, epochs = list(steps or []), list(epochs or [])
+    for name, rows in (("steps", steps), ("epochs", epochs)):
+        if not all(isinstance(r, dict) for r in rows):
+            raise UserError(f"{name}: expected a list of dicts (rows of the run's JSONL logs)")
+    if not steps and not epochs:
+        raise UserError("steps, epochs: both are empty; give the rows of steps.jsonl and/or metrics.jsonl")
+    if metric is None:
+        metric = next((r["val_main"] for r in reversed(epochs) if isinstance(r.get("val_main"), str)), None)
+    panels = []  # (title, ylabel, [(x, y, label, style)])
+    loss_rows, loss_key = (steps, "task_loss") if any(_number(r.get("task_loss")) is not None for r in steps) \
+        else (epochs, "train_task_loss")
+    x, y = _series(loss_rows, loss_key)
+    if len(x):
+        panels.append(("task loss", "loss", [(x, y, None, "-")]))
+    terms = [(*_series(steps, key), label, style) for key, label, style in
+             (("penalty", "L1 penalty (search)", "-"), ("l2", "L2 weight decay", "--"))]
+    terms = [t for t in terms if len(t[0])]
+    if terms:
+        panels.append(("penalty terms", "added to the loss", terms))
+    x, y = _series(epochs, _MACS_KEY)
+    if len(x):
+        panels.append(("MACs of the live network", "MACs (M)", [(x, y / 1e6, None, "steps")]))
+    if metric is not None:
+        x, y = _series(epochs, f"val_{metric}")
+        if len(x):
+            panels.append((f"validation {metric}", metric, [(x, y, None, "o-")]))
+    if not panels:
+        raise UserError("steps, epochs: no task loss, penalty, macs or val_* values to plot")
+    cuts = sorted({_number(r.get("step")) for r in epochs if (_number(r.get("removed_channels")) or 0) > 0
+                   or (_number(r.get("removed_tokens")) or 0) > 0} - {None})
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.3), squeeze=False)
+    for ax, (name, ylabel, lines) in zip(axes.flat, panels):
+        for cut in cuts:
+            ax.axvline(cut, color="0.6", ls=":", lw=1, zorder=1)
+        for xs, ys, label, style in lines:
+            if style == "steps":
+                ax.plot(xs, ys, color="tab:purple", drawstyle="steps-post", label=label, zorder=2)
+            elif style == "o-":
+                ax.plot(xs, ys, "o-", ms=3, color="tab:green", label=label, zorder=2)
+            else:
+                ax.plot(xs, ys, style, lw=1.2, label=label, zorder=2)
+        if any(label for *_, label, _ in lines):
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title + (" (dotted: shrinking steps)" if cuts else ""), fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+__all__ = ["DPI", "save_figure", "metric_vs_cost", "training_curves", "search_curves"]

@@ -9,6 +9,12 @@ heading (as in `hrnas.metrics.box_ops`/`hrnas.data.kitti`). Two renderers:
 - `render_matplotlib`: a bird's-eye-view panel and a 3-D scatter panel.
 
 `render_detections(..., backend="auto")` tries open3d first and falls back to matplotlib.
+
+`show_kitti_frame` is the figure KITTI tools draw: the camera image with the 3-D boxes projected into it
+(through the frame's calibration) above a bird's-eye view with the forward axis pointing up (so left
+and right match the image), points coloured by height, predictions drawn only above a display
+threshold, optionally beside an open3d 3-D view (`render_open3d_image`). Points are coloured by their
+height everywhere (`height_colors`).
 """
 from __future__ import annotations
 
@@ -85,13 +91,26 @@ def _check_size(size) -> tuple[int, int]:
     return w, h
 
 
-def _point_grey(points: np.ndarray) -> np.ndarray:
-    """Per-point grey (N, 3) in 0..1: darker for higher points (height-shaded)."""
-    z = points[:, 2]
-    lo, hi = (np.percentile(z, [2, 98]) if len(z) else (0.0, 1.0))
-    t = np.clip((z - lo) / max(hi - lo, 1e-6), 0, 1)
-    g = 0.65 - 0.5 * t
-    return np.repeat(g[:, None], 3, axis=1)
+MAX_SCORE_LABELS = 20  # above this many drawn predictions their scores are not written (they would overlap)
+HEIGHT_CMAP = "viridis"
+HEIGHT_SPAN = 2.5  # metres above the ground that the colour map spans (cars 1.5 m, pedestrians 1.8 m)
+
+
+def _height_range(z: np.ndarray) -> tuple[float, float]:
+    """(ground, ground + HEIGHT_SPAN), the ground being the 2nd percentile of z: most LiDAR returns are
+    ground, so a percentile range of z would spend the whole colour map on the road."""
+    lo = float(np.percentile(z, 2)) if len(z) else 0.0
+    return lo, lo + HEIGHT_SPAN
+
+
+def height_colors(points, cmap: str = HEIGHT_CMAP) -> np.ndarray:
+    """Per-point RGB (N, 3) in 0..1 from the height above the ground (:data:`HEIGHT_SPAN` metres over
+    ``cmap``): the road dark blue, a car's roof green, a pedestrian's head and anything higher yellow."""
+    from matplotlib import colormaps  # lazily, like every matplotlib import here
+
+    z = _points(points)[:, 2]
+    lo, hi = _height_range(z)
+    return colormaps[cmap](np.clip((z - lo) / (hi - lo), 0, 1))[:, :3]
 
 
 def _write_rgb_png(rgb: np.ndarray, path: Path) -> None:
@@ -102,29 +121,39 @@ def _write_rgb_png(rgb: np.ndarray, path: Path) -> None:
 
 
 def render_open3d(points, pred_boxes=None, gt_boxes=None, path="detections.png", size=(800, 600),
-                  point_size: float = 2.0) -> bool:
+                  point_size: float = 3.0) -> bool:
     """Render points + boxes offscreen with open3d's legacy Visualizer (EGL) to a PNG of ``size``.
 
     Returns True when the PNG was written; False (and writes nothing) when open3d is missing or cannot
     open a (hidden) window, or renders a blank image.
     """
+    rgb = render_open3d_image(points, pred_boxes, gt_boxes, size, point_size)
+    if rgb is None:
+        return False
+    _write_rgb_png(rgb, Path(path))
+    return True
+
+
+def render_open3d_image(points, pred_boxes=None, gt_boxes=None, size=(800, 600),
+                        point_size: float = 3.0) -> np.ndarray | None:
+    """The open3d rendering of :func:`render_open3d` as an (H, W, 3) uint8 array, or None where open3d
+    cannot render (missing, no EGL window, blank image)."""
     pts, pred, gt = _points(points), _boxes(pred_boxes, "pred_boxes"), _boxes(gt_boxes, "gt_boxes")
     width, height = _check_size(size)
-    path = Path(path)
     try:
         import open3d as o3d
     except (ImportError, OSError) as err:  # not installed, or a missing shared library (libusb, libGL)
         log.warning("open3d is unavailable (%s)", err)
-        return False
+        return None
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     vis = o3d.visualization.Visualizer()
     try:
         if not vis.create_window(window_name="hrnas", width=width, height=height, visible=False):
             log.warning("open3d could not create an offscreen window")
-            return False
+            return None
         if len(pts):
             pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts[:, :3]))
-            pcd.colors = o3d.utility.Vector3dVector(_point_grey(pts))
+            pcd.colors = o3d.utility.Vector3dVector(height_colors(pts))
             vis.add_geometry(pcd)
         for boxes, color in ((gt, GT_COLOR), (pred, PRED_COLOR)):
             for corners in box_corners(boxes):
@@ -149,14 +178,13 @@ def render_open3d(points, pred_boxes=None, gt_boxes=None, path="detections.png",
         buf = np.asarray(vis.capture_screen_float_buffer(do_render=True))
     except RuntimeError as err:
         log.warning("open3d rendering failed (%s)", err)
-        return False
+        return None
     finally:
         vis.destroy_window()
     if buf.ndim != 3 or buf.shape[:2] != (height, width) or float(buf.std()) < 1e-3:
         log.warning("open3d returned a blank or mis-sized image %s", buf.shape)
-        return False
-    _write_rgb_png((np.clip(buf[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8), path)
-    return True
+        return None
+    return (np.clip(buf[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _bev_outline(box: np.ndarray) -> np.ndarray:
@@ -176,8 +204,7 @@ def render_matplotlib(points, pred_boxes=None, gt_boxes=None, path="detections.p
     fig = Figure(figsize=(width / 120, height / 120))
     ax_bev = fig.add_subplot(1, 2, 1)
     ax_3d = fig.add_subplot(1, 2, 2, projection="3d")
-    grey = _point_grey(pts)
-    ax_bev.scatter(pts[:, 0], pts[:, 1], s=0.6, c=grey, linewidths=0, rasterized=True)
+    ax_bev.scatter(pts[:, 0], pts[:, 1], s=2.0, c=height_colors(pts), linewidths=0, rasterized=True)
     for boxes, color, label in ((gt, GT_COLOR, "ground truth"), (pred, PRED_COLOR, "prediction")):
         for i, box in enumerate(boxes):
             outline = _bev_outline(box)
@@ -193,7 +220,7 @@ def render_matplotlib(points, pred_boxes=None, gt_boxes=None, path="detections.p
     sub = pts
     if len(sub) > _MAX_SCATTER_3D:
         sub = sub[np.random.default_rng(0).choice(len(sub), _MAX_SCATTER_3D, replace=False)]
-    ax_3d.scatter(sub[:, 0], sub[:, 1], sub[:, 2], s=0.4, c=_point_grey(sub), linewidths=0, depthshade=False,
+    ax_3d.scatter(sub[:, 0], sub[:, 1], sub[:, 2], s=1.5, c=height_colors(sub), linewidths=0, depthshade=False,
                   rasterized=True)
     for boxes, color in ((gt, GT_COLOR), (pred, PRED_COLOR)):
         for corners in box_corners(boxes):
@@ -233,5 +260,143 @@ def render_detections(points, pred_boxes=None, gt_boxes=None, path="detections.p
     return render_matplotlib(points, pred_boxes, gt_boxes, path, size=(max(w, 2 * h), h)), "matplotlib"
 
 
-__all__ = ["BOX_EDGES", "GT_COLOR", "PRED_COLOR", "box_corners", "render_open3d", "render_matplotlib",
-           "render_detections"]
+def _scores(scores, n: int) -> np.ndarray:
+    if scores is None:
+        return np.ones(n)
+    sc = _array(scores, "pred_scores").reshape(-1)
+    if len(sc) != n:
+        raise UserError(f"pred_scores: {len(sc)} scores for {n} predicted boxes")
+    return sc
+
+
+def project_boxes(boxes, calib) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 8, 2) image_2 pixels of the corners of (N, 7) LiDAR boxes, and (N,) whether every corner lies
+    in front of the camera (depth > 0.1 m; boxes behind it are not drawn). ``calib``: an object with
+    ``lidar_to_rect`` and ``rect_to_img`` (``hrnas.data.kitti.Calibration``)."""
+    corners = box_corners(boxes)
+    if not len(corners):
+        return np.zeros((0, 8, 2)), np.zeros(0, dtype=bool)
+    uv, depth = calib.rect_to_img(calib.lidar_to_rect(corners.reshape(-1, 3)))
+    return uv.reshape(-1, 8, 2), (depth.reshape(-1, 8) > 0.1).all(axis=1)
+
+
+def _draw_image_boxes(ax, uv: np.ndarray, visible: np.ndarray, color, label: str) -> int:
+    drawn = 0
+    for corners, ok in zip(uv, visible):
+        if not ok:
+            continue
+        for a, b in BOX_EDGES:
+            ax.plot(corners[[a, b], 0], corners[[a, b], 1], "-", color=color, lw=1.3,
+                    label=label if drawn == 0 and (a, b) == BOX_EDGES[0] else None)
+        for a, b in ((0, 5), (1, 4)):  # a cross on the front face
+            ax.plot(corners[[a, b], 0], corners[[a, b], 1], "-", color=color, lw=0.7)
+        drawn += 1
+    return drawn
+
+
+SCORE_LABEL_SPACING = 2.0  # metres: a score is not written closer than this to a higher one already written
+
+
+def _draw_bev_boxes(ax, boxes: np.ndarray, color, label: str, scores=None) -> None:
+    written = []
+    order = np.argsort(-scores, kind="stable") if scores is not None else range(len(boxes))
+    for rank, i in enumerate(order):
+        box = boxes[i]
+        outline = _bev_outline(box)
+        ax.plot(-outline[:, 1], outline[:, 0], "-", color=color, lw=1.6, label=label if rank == 0 else None)
+        front = 0.5 * (outline[0] + outline[1])  # heading tick: centre -> middle of the front edge
+        ax.plot([-box[1], -front[1]], [box[0], front[0]], "-", color=color, lw=1.2)
+        at = np.array([-outline[:, 1].min(), outline[:, 0].max() + 0.4])
+        if scores is not None and all(np.linalg.norm(at - w) >= SCORE_LABEL_SPACING for w in written):
+            ax.text(at[0], at[1], f"{scores[i]:.2f}", color=color, fontsize=6, ha="left", va="bottom")
+            written.append(at)
+
+
+def show_kitti_frame(points, gt_boxes=None, pred_boxes=None, pred_scores=None, *, image=None, calib=None,
+                     score_thr: float = 0.0, view3d=None, path=None, title: str | None = None,
+                     point_size: float = 3.0, width: float = 10.0):
+    """A KITTI frame as KITTI tools draw it; returns the figure.
+
+    Top: the camera image (``image``, HxWx3 uint8) with the boxes projected through ``calib`` (when both
+    are given); below: the bird's-eye view, x (forward) up and y (left) to the left, points coloured by
+    height; beside it ``view3d`` (an RGB array, e.g. from :func:`render_open3d_image`) when given. Ground
+    truth is green; predictions (red) are drawn when their score is >= ``score_thr``, and the legend says
+    how many of how many that is. The bird's-eye view writes the scores (when at most
+    :data:`MAX_SCORE_LABELS` boxes are drawn; of overlapping boxes, the highest score only).
+    """
+    from matplotlib.figure import Figure
+
+    from hrnas.viz.plots import save_figure
+
+    pts, gt, pred = _points(points), _boxes(gt_boxes, "gt_boxes"), _boxes(pred_boxes, "pred_boxes")
+    scores = _scores(pred_scores, len(pred))
+    if not np.isfinite(score_thr):
+        raise UserError(f"score_thr: expected a finite number, got {score_thr!r}")
+    keep = scores >= score_thr
+    shown, shown_scores = pred[keep], scores[keep]
+    pred_label = (f"ours, score >= {score_thr:.2f}: {len(shown)} of {len(pred)}" if pred_scores is not None
+                  else f"ours: {len(pred)}")
+    gt_label = f"ground truth: {len(gt)}"
+    has_image = image is not None and calib is not None
+    img = None
+    if has_image:
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise UserError(f"image: expected an HxWx3 image, got shape {img.shape}")
+    view = None if view3d is None else np.asarray(view3d)
+    lo_pt, hi_pt = (pts[:, :2].min(0), pts[:, :2].max(0)) if len(pts) else (np.zeros(2), np.ones(2))
+    bev_aspect = (hi_pt[0] - lo_pt[0]) / max(hi_pt[1] - lo_pt[1], 1e-3)  # forward extent / lateral extent
+    bev_w = width / 2 if view is not None else width * 0.6
+    bev_h = float(np.clip(bev_w * bev_aspect, 2.5, 7.0))
+    img_h = width * img.shape[0] / img.shape[1] if has_image else 0.0
+    title_h = 0.4 if title else 0.0
+    fig = Figure(figsize=(width, img_h + bev_h + title_h + 0.6))
+    total = fig.get_size_inches()[1]
+    if has_image:
+        ax_img = fig.add_axes([0.0, 1 - (title_h + img_h) / total, 1.0, img_h / total])
+        ax_img.imshow(img)
+        uv_gt, vis_gt = project_boxes(gt, calib)
+        uv_pr, vis_pr = project_boxes(shown, calib)
+        _draw_image_boxes(ax_img, uv_gt, vis_gt, GT_COLOR, gt_label)
+        _draw_image_boxes(ax_img, uv_pr, vis_pr, PRED_COLOR, pred_label)
+        ax_img.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax_img.set_ylim(img.shape[0] - 0.5, -0.5)
+        ax_img.set_axis_off()
+    bev_frac = (bev_w - 1.5) / width  # room for the axis labels and the height colour bar
+    left = 0.06 if view is not None else 0.5 - bev_frac / 2  # alone, the bird's-eye view is centred
+    ax_bev = fig.add_axes([left, 0.5 / total, bev_frac, (bev_h - 0.35) / total])
+    ax_bev.scatter(-pts[:, 1], pts[:, 0], s=point_size, c=height_colors(pts) if len(pts) else "k", linewidths=0,
+                   rasterized=True)
+    _draw_bev_boxes(ax_bev, gt, GT_COLOR, gt_label)
+    _draw_bev_boxes(ax_bev, shown, PRED_COLOR, pred_label, shown_scores if len(shown) <= MAX_SCORE_LABELS else None)
+    ax_bev.set_aspect("equal", adjustable="datalim")
+    ax_bev.set_xlabel("-y (m, right of the sensor)", fontsize=8)
+    ax_bev.set_ylabel("x (m, forward)", fontsize=8)
+    ax_bev.tick_params(labelsize=7)
+    ax_bev.grid(True, alpha=0.25)
+    ax_bev.set_title("bird's-eye view", fontsize=9)
+    if len(gt) or len(pred):
+        ax_bev.legend(loc="lower left", fontsize=7, framealpha=0.85)
+    if len(pts):
+        from matplotlib import colormaps
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        cax = fig.add_axes([left + bev_frac + 0.01, 0.5 / total, 0.012, (bev_h - 0.35) / total])
+        bar = fig.colorbar(ScalarMappable(Normalize(*_height_range(pts[:, 2])), colormaps[HEIGHT_CMAP]), cax=cax)
+        bar.set_label("z (m): ground = lowest", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    if view is not None:
+        ax_3d = fig.add_axes([0.52, 0.3 / total, 0.47, (bev_h - 0.1) / total])
+        ax_3d.imshow(view)
+        ax_3d.set_axis_off()
+        ax_3d.set_title("3-D view (open3d)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / total, va="top")
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+__all__ = ["BOX_EDGES", "GT_COLOR", "PRED_COLOR", "box_corners", "height_colors", "project_boxes", "render_open3d",
+           "render_open3d_image", "render_matplotlib", "render_detections", "show_kitti_frame"]

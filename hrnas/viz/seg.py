@@ -5,7 +5,10 @@
   (class i = annotation value i + 1, i.e. after `reduce_zero_label`).
 - `colorize(mask, palette)`: train ids → RGB; 255 (ignore) is black.
 - `denormalize(chw, mean, std)`: a network input (ImageNet-normalised CHW) back to HxWx3 uint8.
-- `show_segmentation(images, preds, gts)`: one row per sample, with a legend of the classes shown.
+- `overlay(image, mask, palette, alpha)`: the label colours blended over the image (ignore pixels untouched).
+- `show_labels(images, masks)`: a dataset's samples as a person looks at them, labels over the images.
+- `show_segmentation(images, preds, gts)`: one row per sample, with a legend of the classes shown; a
+  ``title`` gets its own band above the column headers.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
 from hrnas.errors import UserError
+from hrnas.viz.grid import image_grid
 from hrnas.viz.plots import save_figure
 
 # Kept here (not imported from hrnas.data, which loads torch): tests check they equal hrnas.data's.
@@ -159,12 +163,71 @@ def _as_list(x, name: str, sample_ndim: int) -> list:
     raise UserError(f"{name}: expected a list (or a batch) of samples")
 
 
+def overlay(image, mask, palette="cityscapes", alpha: float = 0.55) -> np.ndarray:
+    """HxWx3 uint8: the colours of ``mask`` (class ids, 255 = ignore) blended over ``image`` with weight
+    ``alpha``; ignored pixels keep the image."""
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"alpha: expected a number in 0..1, got {alpha!r}")
+    img = as_image(image, "image")
+    m = _to_numpy(mask, "mask")
+    if m.shape != img.shape[:2]:
+        raise UserError(f"mask: shape {m.shape} differs from the image's {img.shape[:2]}")
+    colours = colorize(m, palette).astype(np.float64)
+    out = img.astype(np.float64)
+    valid = m != IGNORE
+    out[valid] = (1.0 - alpha) * out[valid] + alpha * colours[valid]
+    return (out + 0.5).astype(np.uint8)
+
+
+def _legend_handles(palette, pal, masks) -> list:
+    present = sorted({int(c) for m in masks for c in np.unique(m) if c != IGNORE and 0 <= c < len(pal)})
+    if not present or len(present) > _MAX_LEGEND:
+        return []
+    names = _class_names(palette)
+    return [Patch(facecolor=pal[c] / 255.0, edgecolor="0.3", label=names[c] if names else str(c)) for c in present]
+
+
+def show_labels(images, masks, palette="cityscapes", path=None, titles=None, title: str | None = None,
+                ncols: int = 3, alpha: float = 0.55, panel_width: float = 3.6):
+    """Samples of a segmentation dataset: each image with its label map blended over it, in a grid of up
+    to ``ncols`` columns, and a legend of the classes present. Returns the figure."""
+    pal = get_palette(palette)
+    imgs = [as_image(im) for im in _as_list(images, "images", 3)]
+    labels = [_as_mask(m, len(pal), "masks") for m in _as_list(masks, "masks", 2)]
+    if not imgs:
+        raise UserError("images: give at least one image")
+    if len(labels) != len(imgs):
+        raise UserError(f"masks: {len(labels)} label maps for {len(imgs)} images")
+    h, w = imgs[0].shape[:2]
+    panel_h = float(np.clip(panel_width * h / w, 1.2, 2.0 * panel_width))
+    handles = _legend_handles(palette, pal, labels)
+    legend_h = (0.28 * int(np.ceil(len(handles) / 6)) + 0.15) if handles else 0.0
+    title_h = 0.4 if title else 0.0
+    head_h = 0.3 if titles is not None else 0.05
+    fig, axes = image_grid(len(imgs), ncols, panel_width, panel_h + head_h, title_h + legend_h)
+    for i, ax in enumerate(axes):
+        ax.imshow(overlay(imgs[i], labels[i], pal, alpha), interpolation="nearest")
+        if titles is not None and i < len(titles):
+            ax.set_title(str(titles[i]), fontsize=9)
+    total_h = fig.get_size_inches()[1]
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / total_h, va="top")
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - (title_h + head_h) / total_h,
+                        bottom=(legend_h + 0.05) / total_h, wspace=0.04, hspace=head_h / panel_h)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
 def show_segmentation(images, preds, gts=None, palette="cityscapes", path=None, titles=None,
-                      legend: bool = True, panel_width: float = 3.6):
+                      legend: bool = True, panel_width: float = 3.6, title: str | None = None):
     """Rows = samples; columns image | prediction | ground truth (when ``gts``). Returns the figure.
 
     ``images``: HxWx3 uint8 or normalised 3xHxW tensors; ``preds``/``gts``: HxW class ids (255 = ignore)
-    or CxHxW scores; ``palette``: "cityscapes" | "ade20k" | an (N, 3) array.
+    or CxHxW scores; ``palette``: "cityscapes" | "ade20k" | an (N, 3) array; ``title``: a figure title,
+    drawn in a band of its own above the column headers.
     """
     pal = get_palette(palette)
     imgs = [as_image(im) for im in _as_list(images, "images", 3)]
@@ -179,13 +242,12 @@ def show_segmentation(images, preds, gts=None, palette="cityscapes", path=None, 
         columns.append(("ground truth", [colorize(g, pal) for g in gtl]))
     h, w = imgs[0].shape[:2]
     panel_h = float(np.clip(panel_width * h / w, 1.2, 2.0 * panel_width))
-    present = sorted({int(c) for m in prs + gtl for c in np.unique(m) if c != IGNORE and 0 <= c < len(pal)})
-    show_legend = legend and bool(present) and len(present) <= _MAX_LEGEND
-    legend_rows = int(np.ceil(len(present) / 6)) if show_legend else 0
-    legend_h = 0.28 * legend_rows + (0.15 if show_legend else 0.0)
+    handles = _legend_handles(palette, pal, prs + gtl) if legend else []
+    legend_h = (0.28 * int(np.ceil(len(handles) / 6)) + 0.15) if handles else 0.0
+    title_h = 0.4 if title else 0.0
     n = len(imgs)
-    fig, axes = plt.subplots(n, len(columns), figsize=(panel_width * len(columns), panel_h * n + 0.35 + legend_h),
-                             squeeze=False)
+    fig, axes = plt.subplots(n, len(columns), figsize=(panel_width * len(columns),
+                                                       panel_h * n + 0.35 + title_h + legend_h), squeeze=False)
     for r in range(n):
         for c, (label, items) in enumerate(columns):
             ax = axes[r, c]
@@ -196,13 +258,12 @@ def show_segmentation(images, preds, gts=None, palette="cityscapes", path=None, 
                 ax.set_title(label, fontsize=10)
         if titles is not None and r < len(titles):
             axes[r, 0].set_ylabel(str(titles[r]), fontsize=9)
-    if show_legend:
-        names = _class_names(palette)
-        handles = [Patch(facecolor=pal[c] / 255.0, edgecolor="0.3", label=names[c] if names else str(c))
-                   for c in present]
+    if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
     total_h = fig.get_size_inches()[1]
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / total_h, bottom=(legend_h + 0.05) / total_h,
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / total_h, va="top")
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - (0.35 + title_h) / total_h, bottom=(legend_h + 0.05) / total_h,
                         wspace=0.04, hspace=0.04)
     if path is not None:
         save_figure(fig, path)
@@ -210,4 +271,4 @@ def show_segmentation(images, preds, gts=None, palette="cityscapes", path=None, 
 
 
 __all__ = ["CITYSCAPES_PALETTE", "ade20k_palette", "get_palette", "colorize", "denormalize", "as_image",
-           "show_segmentation"]
+           "overlay", "show_labels", "show_segmentation"]
