@@ -318,14 +318,27 @@ def _device(net):
     return next(net.parameters()).device
 
 
-def segmentation_samples(dataset, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The first ``n`` samples of a segmentation dataset as (HxWx3 uint8 images, HxW train-id labels)."""
+def _at_label_size(image, label) -> np.ndarray:
+    """The de-normalised image (HxWx3 uint8) at the label's size: the evaluation resizes only the image
+    to the test scale and keeps the label at its original size (mmseg's protocol)."""
+    from PIL import Image
+
     from hrnas.viz.seg import denormalize
 
+    rgb = denormalize(image)
+    h, w = np.asarray(label).shape[-2:]
+    if rgb.shape[:2] != (h, w):
+        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+    return rgb
+
+
+def segmentation_samples(dataset, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The first ``n`` samples of a segmentation dataset as (HxWx3 uint8 images, HxW train-id labels),
+    the image at the label's size."""
     images, labels = [], []
     for i in range(min(n, len(dataset))):
         image, label = dataset[i]
-        images.append(denormalize(image))
+        images.append(_at_label_size(image, label))
         labels.append(np.asarray(label))
     return images, labels
 
@@ -335,17 +348,14 @@ def segmentation_predictions(run, n: int):
     (the recipe's test mode) at the label's resolution, for ``run`` a LoadedRun."""
     import torch
 
-    from hrnas.tasks.segmentation import upsample
-    from hrnas.viz.seg import denormalize
-
     val = run.task.val_dataset(run.data_root)
     images, preds, gts = [], [], []
     with torch.no_grad():
         for i in range(min(n, len(val))):
             image, gt = val[i]
-            probs = run.task.predict(run.net, image[None].to(_device(run.net)))
-            preds.append(upsample(probs, gt.shape[-2:]).argmax(1)[0].cpu().numpy())
-            images.append(denormalize(image))
+            scores = run.task.predict(run.net, image[None].to(_device(run.net)), size=gt.shape[-2:])
+            preds.append(scores.argmax(1)[0].cpu().numpy())
+            images.append(_at_label_size(image, gt))
             gts.append(np.asarray(gt))
     return images, preds, gts
 
