@@ -51,6 +51,7 @@ def bench(preset: str, steps: int, workers: int, batch: int | None) -> dict:
     from hrnas.data import ensure_dataset
     from hrnas.engine.config import load_config
     from hrnas.engine.trainer import Trainer
+    from hrnas.search import search_hooks
     from hrnas.tasks import get_task
 
     overrides = [f"data.num_workers={workers}", "eval.bn_calib_batches=0"]
@@ -59,7 +60,8 @@ def bench(preset: str, steps: int, workers: int, batch: int | None) -> dict:
     cfg = load_config("cityscapes", preset, overrides)
     root = ensure_dataset("cityscapes", "tiny")
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(get_task(cfg), cfg, run_dir, data_root=root, progress=False, meta={"mode": "bench"})
+        trainer = Trainer(get_task(cfg), cfg, run_dir, data_root=root, hooks=search_hooks(cfg), progress=False,
+                          meta={"mode": "bench"})
         images_s, step_s = train_rate(trainer, steps)
         load_s = loader_rate(trainer, max(steps, 4))
     crop = "x".join(str(v) for v in cfg["data"]["crop_size"])

@@ -165,12 +165,10 @@ def machine(jobs: int) -> str:
 
 
 def git_commit() -> str:
-    def git(*args):
-        r = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *args], capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else ""
+    from hrnas.provenance import git_info
 
-    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    info = git_info(REPO)
+    return (info["commit"] or "unknown")[:12] + ("-dirty" if info["dirty"] else "")
 
 
 def _write_csv(path: Path, rows: list[dict], columns) -> None:

@@ -17,6 +17,7 @@ The paper's "FLOPs" are these MACs. Parts: stem, fuse0…fuse4, parallel0…para
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -143,6 +144,21 @@ def profile(model: nn.Module, size: tuple[int, int], convention: str = "true", o
         return _count(net, x, size, convention, parts, params_all)
     finally:
         net.train(was_training)
+
+
+_PROFILES: dict[str, Profile] = {}
+
+
+def profile_arch(arch: dict, size, convention: str = "true") -> Profile:
+    """:func:`profile` of an architecture spec (or, without "blocks", of its super network) on the meta
+    device; cached per process (a search and its retraining profile the same super network)."""
+    from hrnas.models import build_model
+
+    key = json.dumps([arch, list(size), convention], sort_keys=True)
+    if key not in _PROFILES:
+        net = build_model(arch=arch) if "blocks" in arch else build_model(arch["task"], **arch["model"])
+        _PROFILES[key] = profile(net, size, convention)
+    return _PROFILES[key]
 
 
 def _count(net, x, size, convention, parts, params_all) -> Profile:

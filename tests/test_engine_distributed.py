@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from hrnas.data.loader import seed_worker
 from hrnas.engine import distributed as D
 
 
@@ -32,7 +33,7 @@ def test_seeding_is_reproducible_and_rank_dependent():
     D.seed_everything(7, rank=0)
     assert torch.rand(1).item() != a[2]
     torch.manual_seed(5)
-    D.seed_worker(0)
+    seed_worker(0)
     assert np.random.rand() == np.random.RandomState(5).rand()
 
 

@@ -12,8 +12,10 @@ import hrnas.engine.trainer as trainer_mod
 from hrnas.cli import main
 from hrnas.engine.checkpoint import find_latest, load_checkpoint
 from hrnas.engine.ema import ModelEMA
-from hrnas.engine.trainer import (RunLog, ShardSampler, _EMAView, bn_calibrate, load_optimizer_state_by_name,
-                                  optimizer_state_by_name)
+from hrnas.engine.evaluation import ShardSampler, bn_calibrate
+from hrnas.engine.runlog import RunLog
+from hrnas.engine.state import load_optimizer_state_by_name, optimizer_state_by_name
+from hrnas.search.hook import EMAView
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_shard_sampler_covers_every_sample_once():
 def test_ema_view_follows_a_reloaded_shadow():
     net = nn.Sequential(OrderedDict(backbone=nn.Linear(2, 2), head=nn.Linear(2, 1)))
     ema = ModelEMA(net, 0.9)
-    view = _EMAView(ema, "backbone.")
+    view = EMAView(ema, "backbone.")
     assert sorted(view.shadow) == ["bias", "weight"]
     ema.load_state_dict(ema.state_dict())  # replaces the shadow dict
     view.shadow["weight"] = view.shadow["weight"][:1]

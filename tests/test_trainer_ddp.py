@@ -21,17 +21,18 @@ def worker(out: Path) -> None:
     from hrnas.engine import distributed as D
     from hrnas.engine.config import load_config
     from hrnas.engine.trainer import Trainer
+    from hrnas.search import search_hooks
     from hrnas.tasks import get_task
     from hrnas.tasks.runner import resolve_data_root
 
     D.init_distributed()
     cfg = load_config("cityscapes", "smoke", OVERRIDES)
     trainer = Trainer(get_task(cfg), cfg, out / "run", data_root=resolve_data_root("cityscapes", "smoke", None),
-                      meta={"mode": "search", "overrides": OVERRIDES}, progress=False)
+                      hooks=search_hooks(cfg), meta={"mode": "search", "overrides": OVERRIDES}, progress=False)
     assert not trainer.sync_bn and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.net.modules())
     result = trainer.fit()
     state = {k: v.detach().clone().contiguous() for k, v in trainer.net.state_dict().items()}
-    torch.save({"state": state, "result": result, "world": D.world_size(), "shrinks": len(trainer.controller.history)},
+    torch.save({"state": state, "result": result, "world": D.world_size(), "shrinks": len(trainer.hooks[0].controller.history)},
                out / f"rank{D.rank()}.pt")
     D.cleanup()
 

@@ -16,7 +16,7 @@ from torch import nn
 
 __all__ = [
     "DistInfo", "init_distributed", "is_dist", "rank", "world_size", "is_main", "all_reduce_sum",
-    "broadcast_object", "barrier", "seed_everything", "seed_worker", "cleanup", "unwrap_model",
+    "broadcast_object", "all_gather_objects", "barrier", "seed_everything", "cleanup", "unwrap_model",
 ]
 
 
@@ -106,12 +106,13 @@ def seed_everything(seed: int, rank: int = 0) -> int:
     return s
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: derive numpy/``random`` seeds from torch's per-worker seed
-    (which the DataLoader sets from its generator), so augmentations differ between workers."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if not is_dist():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup() -> None:

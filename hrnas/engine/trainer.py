@@ -1,11 +1,13 @@
-"""The training loop shared by every task: search (L1 penalty + progressive shrinking) or retraining.
+"""The training loop shared by every task, for a search and for retraining alike.
 
-Per iteration (official-code.md §3–§5): task loss (+ the coupled L2 term when ``optim.decay_mode: l2``,
-+ λ(t)·resource-aware L1 on BN γ while searching) → NaN/inf guard → backward (``train.amp`` on CUDA) →
-optional gradient clipping → optimizer step → LR schedule step → EMA update. After the step: shrink
-when the search controller says so, evaluate every ``eval.interval`` epochs (EMA weights, BN
-re-calibration on training batches), log, and checkpoint every ``train.ckpt_interval`` epochs (both
-may be fractions of an epoch) and at the end.
+Per iteration (as the authors' ``train.py``): task loss (+ the coupled L2 term when
+``optim.decay_mode: l2``, + the hooks' loss terms, e.g. the search's λ(t)·resource-aware L1 on the BN γ)
+→ NaN/inf guard → backward (``train.amp`` on CUDA) → optional gradient clipping → optimizer step → LR
+schedule step → EMA update. After the step: the hooks' ``after_step`` (the search shrinks there), an
+evaluation every ``eval.interval`` epochs (EMA weights, BN re-calibration on training batches:
+:mod:`hrnas.engine.evaluation`), the log (:mod:`hrnas.engine.runlog`), and a checkpoint every
+``train.ckpt_interval`` epochs (both may be fractions of an epoch) and at the end. The search itself is
+a plug-in (:mod:`hrnas.engine.hooks`, :class:`hrnas.search.hook.SearchHook`).
 
 Determinism: the sampler, the DataLoader's worker seeds and the datasets' augmentation RNG are
 re-seeded from (seed, epoch) at the start of every epoch, evaluation runs under a saved/restored RNG
@@ -16,7 +18,7 @@ replays the loader up to the checkpoint's position).
 Distributed (``torchrun``): DDP (gloo on CPU, NCCL on CUDA), per-process BN statistics as the authors
 (``train.sync_bn: true`` = SyncBatchNorm, CUDA only) with the BN buffers averaged over the processes
 after every step, DistributedSampler for training, un-padded shards for evaluation, metrics reduced by
-the tasks, rank 0 writes. DDP is rebuilt after every shrink (its buckets are fixed at construction).
+the tasks, rank 0 writes. DDP is rebuilt after every hook's network edit (a shrink) (its buckets are fixed at construction).
 
 Run directory: ``steps.jsonl`` (every ``train.log_interval`` steps), ``metrics.jsonl`` and
 ``metrics.csv`` (a row per epoch and per evaluation), ``run.json``, ``arch.json`` (the exported
@@ -26,245 +28,36 @@ COCO keypoint results).
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
 import math
-import platform
-import subprocess
 import time
 import warnings
-from collections.abc import MutableMapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-import hrnas
-from hrnas.data.common import AugmentationRNG
 from hrnas.engine import distributed as D
 from hrnas.engine.checkpoint import (checkpoint_path, find_latest, get_rng_state, save_checkpoint,
                                      set_rng_state)
 from hrnas.engine.ema import ModelEMA
+from hrnas.engine.evaluation import (build_calib_loader, build_val_loader, calibration_seed, evaluate_model,
+                                     reseed_augmentation)
+from hrnas.engine.hooks import Hook
 from hrnas.engine.optim import build_optimizer_from_config, l2_penalty
+from hrnas.engine.runlog import RunLog
 from hrnas.engine.schedule import build_scheduler_from_config
+from hrnas.engine.state import load_optimizer_state_by_name, optimizer_state_by_name
 from hrnas.errors import UserError
-from hrnas.search.controller import BUDGET_TOLERANCE
-from hrnas.io import atomic_write_json, atomic_write_text, json_default
+from hrnas.io import atomic_write_json
+from hrnas.provenance import git_info, versions
 
-__all__ = ["Trainer", "NonFiniteLoss", "ShardSampler", "bn_calibrate", "evaluate_model", "optimizer_state_by_name",
-           "load_optimizer_state_by_name", "RunLog", "calibration_seed", "reseed_augmentation"]
+__all__ = ["Trainer", "NonFiniteLoss"]
 
 
 class NonFiniteLoss(UserError):
     """The loss became NaN/inf; training stopped before the update (the last checkpoint is intact)."""
-
-
-# ------------------------------------------------------------------------------------- helpers
-class ShardSampler(Sampler):
-    """Indices ``rank, rank + world, ...`` of a dataset: every sample exactly once over all ranks
-    (evaluation must not see DistributedSampler's padding duplicates)."""
-
-    def __init__(self, length: int, rank: int = 0, world: int = 1):
-        self.indices = list(range(rank, length, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def reseed_augmentation(dataset, seed: int) -> None:
-    """Give ``dataset`` a fresh augmentation RNG seeded with ``seed`` (the data module's datasets keep
-    theirs in ``.rng``, an :class:`~hrnas.data.common.AugmentationRNG` that otherwise runs on across
-    epochs in the main process, so an epoch could not be replayed after a resume)."""
-    if isinstance(getattr(dataset, "rng", None), AugmentationRNG):
-        dataset.rng = AugmentationRNG(seed)
-
-
-class _PrefixedShadow(MutableMapping):
-    """A view of an EMA's shadow dict whose keys carry ``prefix`` (the searched backbone of a detector).
-    It looks the dict up on every access: ``ModelEMA.load_state_dict`` replaces it."""
-
-    def __init__(self, ema: ModelEMA, prefix: str):
-        self.ema, self.prefix = ema, prefix
-
-    def __getitem__(self, key):
-        return self.ema.shadow[self.prefix + key]
-
-    def __setitem__(self, key, value):
-        self.ema.shadow[self.prefix + key] = value
-
-    def __delitem__(self, key):
-        del self.ema.shadow[self.prefix + key]
-
-    def __iter__(self):
-        n = len(self.prefix)
-        return (k[n:] for k in list(self.ema.shadow) if k.startswith(self.prefix))
-
-    def __len__(self):
-        return sum(1 for k in self.ema.shadow if k.startswith(self.prefix))
-
-
-class _EMAView:
-    """What the search controller needs of the EMA (``.shadow``), with names relative to a submodule."""
-
-    def __init__(self, ema: ModelEMA, prefix: str):
-        self.shadow = _PrefixedShadow(ema, prefix)
-
-
-def _module_prefix(root: nn.Module, sub: nn.Module) -> str:
-    if sub is root:
-        return ""
-    for name, module in root.named_modules():
-        if module is sub:
-            return name + "."
-    raise ValueError("the searchable network is not a submodule of the model")
-
-
-def optimizer_state_by_name(optimizer: torch.optim.Optimizer, net: nn.Module) -> dict:
-    """The optimizer state with parameters named instead of numbered, so that it reloads into a
-    network rebuilt from its architecture spec (whose parameter order may differ after shrinking)."""
-    names = {id(p): n for n, p in net.named_parameters()}
-    sd = optimizer.state_dict()
-    flat = [p for g in optimizer.param_groups for p in g["params"]]
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
-              for g in optimizer.param_groups]
-    return {"groups": groups, "state": {names[id(flat[i])]: s for i, s in sd["state"].items()}}
-
-
-def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, net: nn.Module, saved: dict) -> None:
-    """Inverse of :func:`optimizer_state_by_name` for a freshly built optimizer over ``net``."""
-    params = dict(net.named_parameters())
-    if len(saved["groups"]) != len(optimizer.param_groups):
-        raise UserError(f"checkpoint optimizer has {len(saved['groups'])} parameter groups, the recipe builds "
-                        f"{len(optimizer.param_groups)}")
-    missing = [n for g in saved["groups"] for n in g["params"] if n not in params]
-    if missing:
-        raise UserError(f"checkpoint optimizer names parameter {missing[0]!r}, which the network lacks")
-    index, flat = {}, []
-    for group, saved_group in zip(optimizer.param_groups, saved["groups"]):
-        group["params"] = [params[n] for n in saved_group["params"]]
-        for n in saved_group["params"]:
-            index[n] = len(flat)
-            flat.append(n)
-    optimizer.load_state_dict({  # copies: the saved tensors may be another optimizer's live state
-        "state": {index[n]: copy.deepcopy(s) for n, s in saved["state"].items()},
-        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in saved["groups"]]})
-
-
-@torch.no_grad()
-def bn_calibrate(model: nn.Module, loader, batches: int, task, device, channels_last: bool) -> int:
-    """Re-estimate every BatchNorm's running statistics (official-code.md §5 ``bn_calibration``):
-    reset them, use a cumulative average (momentum None) over ``batches`` training batches in train
-    mode, then average the statistics over ranks. Returns the number of batches used."""
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    used = 0
-    for batch in loader:
-        if used >= batches:
-            break
-        task.calib_forward(model, task.to_device(batch, device, channels_last))
-        used += 1
-    if D.is_dist():
-        for bn in bns:
-            for t in (bn.running_mean, bn.running_var):
-                D.all_reduce_sum(t).div_(D.world_size())
-    model.eval()
-    return used
-
-
-def evaluate_model(task, model: nn.Module, cfg: dict, *, val_loader, calib_loader, device, channels_last: bool,
-                   calib_seed: int = 0, out_dir=None, progress: bool = False, copy_model: bool = True) -> dict:
-    """Evaluate ``model`` (BN re-calibration when ``eval.bn_calib_batches`` > 0, on batches drawn with
-    ``calib_seed``, then ``task.evaluate``). The caller's RNG state is left untouched, and so is the
-    model unless ``copy_model=False`` (then its BN statistics are re-estimated in place)."""
-    rng = get_rng_state()
-    try:
-        model = task.prepare_eval_model(copy.deepcopy(model) if copy_model else model)
-        calib = cfg["eval"]["bn_calib_batches"]
-        if calib > 0 and calib_loader is not None:
-            torch.manual_seed(calib_seed)  # dropout / pillar shuffling in the train-mode passes
-            calib_loader.sampler.set_epoch(calib_seed)
-            calib_loader.generator.manual_seed(calib_seed)
-            reseed_augmentation(calib_loader.dataset, calib_seed)
-            bn_calibrate(model, calib_loader, calib, task, device, channels_last)
-        model.eval()
-        return task.evaluate(model, val_loader, device, channels_last, out_dir=out_dir, progress=progress)
-    finally:
-        set_rng_state(rng)
-
-
-class RunLog:
-    """The run directory's logs: ``steps.jsonl`` (step losses), ``metrics.jsonl`` + ``metrics.csv``
-    (epoch / evaluation rows). ``truncate(step)`` drops rows written after a checkpoint's step
-    (resume); the CSV is regenerated from the JSONL (atomically) after every row."""
-
-    def __init__(self, run_dir: Path, enabled: bool = True):
-        self.dir, self.enabled = Path(run_dir), enabled
-        self.steps, self.metrics, self.csv = (self.dir / "steps.jsonl", self.dir / "metrics.jsonl",
-                                              self.dir / "metrics.csv")
-
-    def truncate(self, step: int) -> None:
-        if not self.enabled:
-            return
-        for path in (self.steps, self.metrics):
-            rows = [r for r in self._read(path) if r["step"] <= step]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-        self._write_csv()
-
-    @staticmethod
-    def _read(path: Path) -> list[dict]:
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-    def log_step(self, row: dict) -> None:
-        self._append(self.steps, row)
-
-    def log_row(self, row: dict) -> None:
-        self._append(self.metrics, row)
-        self._write_csv()
-
-    def _append(self, path: Path, row: dict) -> None:
-        if self.enabled:
-            with open(path, "a") as fh:
-                fh.write(json.dumps(row, default=json_default) + "\n")
-
-    def _write_csv(self) -> None:
-        rows = self._read(self.metrics)
-        cols: list[str] = []
-        for r in rows:
-            cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (list, dict))]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.csv, buf.getvalue())
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(hrnas.__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict:
-    import torchvision
-
-    return {"hrnas": hrnas.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__}
 
 
 def _steps(epochs: float, steps_per_epoch: int, key: str) -> int:
@@ -281,20 +74,17 @@ class Trainer:
         run_dir: output folder (rank 0 writes).
         data_root: dataset folder (real or generated).
         arch: architecture spec to (re)train; ``None`` = the super network.
-        search: apply the L1 penalty and progressive shrinking (``hrnas search``).
+        hooks: plug-ins of the loop (:class:`hrnas.engine.hooks.Hook`), e.g. the search
+            (:class:`hrnas.search.hook.SearchHook`); set up in order after the network and data exist.
         resume_from: a loaded checkpoint of this run to continue from.
         progress: tqdm bars and one line per evaluation on rank 0.
         meta: extra fields for ``run.json`` (mode, data root, overrides, synthetic marker).
     """
 
-    def __init__(self, task, cfg: dict, run_dir, *, data_root, arch: dict | None = None, search: bool = True,
+    def __init__(self, task, cfg: dict, run_dir, *, data_root, arch: dict | None = None, hooks: list[Hook] = (),
                  resume_from: dict | None = None, progress: bool = True, meta: dict | None = None):
         self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
-        self.search = search and cfg["search"]["enabled"]
-        if self.search:
-            from hrnas.models.factory import check_searchable
-
-            check_searchable(cfg["model"])
+        self.hooks = list(hooks)
         self.meta = dict(meta or {})
         info = D.init_distributed()
         self.device, self.rank, self.world = info.device, info.rank, info.world_size
@@ -326,20 +116,8 @@ class Trainer:
                                                      steps_per_epoch=self.steps_per_epoch)
         self.ema = ModelEMA.from_config(self.net, cfg) if cfg["ema"]["enabled"] else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.controller = None
-        if self.search:
-            from hrnas.models import spec_of
-            from hrnas.search import SearchController, budget_input_size
-
-            supernet = None  # budget mode only: a resumed run's network may be shrunk, budgets refer to its supernet
-            if cfg["search"]["budget_macs"] is not None or cfg["search"]["budget_ratio"] is not None:
-                spec = spec_of(self.searchable)
-                supernet = _profile_arch({"task": spec["task"], "model": spec["model"]},
-                                         budget_input_size(cfg["search"], task.input_size())).macs
-            self.controller = SearchController(self.searchable, cfg["search"], input_size=task.input_size(),
-                                               steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                                               supernet_macs=supernet)
-        self.ema_view = None if self.ema is None else _EMAView(self.ema, _module_prefix(self.net, self.searchable))
+        for hook in self.hooks:
+            hook.setup(self)
         self.step, self.elapsed = 0, 0.0
         self.best: dict | None = None
         self.last_metrics: dict = {}
@@ -391,10 +169,7 @@ class Trainer:
             raise UserError(f"train.log_interval={t['log_interval']} must be >= 1")
         if t["grad_clip"] is not None and not t["grad_clip"] > 0:
             raise UserError(f"train.grad_clip={t['grad_clip']} must be > 0 (or null)")
-        self.val_ds = task.val_dataset(root)
-        self.val_loader = build_loader(self.val_ds, task.name, batch_size=task_eval_batch(task, self.batch),
-                                       shuffle=False, sampler=ShardSampler(len(self.val_ds), self.rank, self.world),
-                                       num_workers=workers, seed=self.seed, pin_memory=self.cuda)
+        self.val_loader = build_val_loader(task, cfg, root, self.batch, self.rank, self.world, self.cuda)
         self.calib_loader = build_calib_loader(task, cfg, root, self.seed, self.rank, self.world, self.cuda)
 
     def _to_memory_format(self) -> None:
@@ -418,7 +193,7 @@ class Trainer:
     def _checkpoint(self) -> None:
         from hrnas.models import spec_of
 
-        rngs = _gather(get_rng_state())
+        rngs = D.all_gather_objects(get_rng_state())
         if not D.is_main():
             return
         path = checkpoint_path(self.run_dir, self.step)
@@ -427,7 +202,7 @@ class Trainer:
             total_steps=self.total_steps, arch=spec_of(self.searchable), config=self.cfg,
             model=self.net.state_dict(), optimizer=optimizer_state_by_name(self.optimizer, self.net),
             scheduler=self.scheduler.state_dict(), ema=self.ema.state_dict() if self.ema else None,
-            search=self.controller.state_dict() if self.controller else None,
+            **{hook.name: hook.state_dict() for hook in self.hooks},
             scaler=self.scaler.state_dict(), rng_ranks=rngs, best=self.best, last_metrics=self.last_metrics,
             acc={k: v for k, v in self.acc.items() if k != "t0"}, elapsed=self.elapsed + self._session(),
             meta=self.meta)
@@ -442,8 +217,9 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])
-        if self.controller is not None and ckpt.get("search"):
-            self.controller.load_state_dict(ckpt["search"])
+        for hook in self.hooks:
+            if ckpt.get(hook.name):
+                hook.load_state_dict(ckpt[hook.name])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
@@ -479,11 +255,11 @@ class Trainer:
             l2 = l2_penalty(self.net, cfg["optim"]["weight_decay"])
             loss = loss + l2
             logs["l2"] = float(l2.detach())
-        if self.controller is not None:
-            penalty = self.controller.penalty(self.searchable, step - 1)
-            loss = loss + penalty
-            logs["penalty"] = float(penalty.detach())
-            logs["rho"] = self.controller.rho_at(step - 1)
+        for hook in self.hooks:
+            term, hook_logs = hook.loss_terms(step - 1)
+            if term is not None:
+                loss = loss + term
+            logs.update(hook_logs)
         bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=self.device)
         if float(D.all_reduce_sum(bad)) > 0:
             where = str(self.last_ckpt) if self.last_ckpt else "none (no checkpoint was written yet)"
@@ -533,14 +309,11 @@ class Trainer:
                               calib_seed=calibration_seed(self.cfg, self.step), out_dir=self.run_dir if D.is_main() else None,
                               progress=self.progress, copy_model=False)
 
-    def _after_shrink(self, report: dict) -> None:
+    def _after_edit(self) -> None:
+        """A hook changed the network (a shrink): rebuild the evaluation copy, the layout and DDP."""
         self._eval_net = None
         self._to_memory_format()  # shrinking slices tensors into the default layout
         self._wrap()
-        if self.progress:
-            tqdm.write(f"[step {report['step']}] shrink: -{report['removed_channels']} channels, "
-                       f"-{report['removed_tokens']} tokens -> {report['macs'] / 1e6:.1f} MMACs "
-                       f"(at {'x'.join(map(str, self.task.input_size()))})")
 
     def _row(self, step: int, metrics: dict | None, shrink: dict | None) -> dict:
         acc = self.acc
@@ -549,9 +322,8 @@ class Trainer:
         if acc["n"]:
             row["train_loss"] = acc["loss"] / acc["n"]
             row["train_task_loss"] = acc["task_loss"] / acc["n"]
-        if self.controller is not None:
-            row["rho"] = self.controller.rho_at(step)
-            row["macs"] = self.controller.macs()
+        for hook in self.hooks:
+            row.update(hook.row(step))
         row["params"] = sum(p.numel() for p in self.searchable.parameters())
         if shrink:
             row["removed_channels"] = shrink["removed_channels"]
@@ -605,11 +377,11 @@ class Trainer:
     def _end_of_step(self, step: int) -> None:
         total = self.total_steps
         shrink = None
-        if self.controller is not None:
-            shrink = self.controller.maybe_shrink(self.searchable, step, optimizer=self.optimizer, ema=self.ema_view,
-                                                  final=step == total)
-            if shrink:
-                self._after_shrink(shrink)
+        for hook in self.hooks:
+            report = hook.after_step(step, final=step == total)
+            if report:
+                shrink = report
+                self._after_edit()
         metrics = None
         if step % self.eval_every == 0 or step == total:
             metrics = self.evaluate()
@@ -627,39 +399,42 @@ class Trainer:
         name = metrics["main"]
         value = metrics[name]
         if self.progress:
-            macs = f", {self.controller.macs() / 1e6:.1f} MMACs" if self.controller else ""
-            tqdm.write(f"[step {step}/{self.total_steps}] {name} = {value:.4f}{macs}")
-        c = self.controller
-        if c is not None and c.budget is not None and c.macs() > c.budget * (1 + BUDGET_TOLERANCE):
-            return  # budget mode: the best-validation network among those within the budget
+            macs = [row["macs"] for hook in self.hooks if "macs" in (row := hook.row(step))]
+            tqdm.write(f"[step {step}/{self.total_steps}] {name} = {value:.4f}"
+                       + (f", {macs[-1] / 1e6:.1f} MMACs" if macs else ""))
+        if not all(hook.eligible_for_best() for hook in self.hooks):
+            return  # e.g. budget mode: the best-validation network among those within the budget
         if self.best is None or not value < self.best["value"]:  # ties: the later (smaller) network
             self.best = {"step": step, "metric": name, "value": value, "arch": spec_of(self.searchable)}
 
     # ---- end -------------------------------------------------------------------------------------
     def exported_arch(self) -> dict:
-        """The architecture this run exports: the best-validation one (``search.export: best_val``,
-        the authors' ``best_model.json``) or the final one."""
+        """The architecture this run exports: what a hook chooses (the search: the best-validation one
+        under ``search.export: best_val``), else the final one."""
         from hrnas.models import spec_of
 
-        if self.search and self.cfg["search"]["export"] == "best_val" and self.best is not None:
-            return self.best["arch"]
+        for hook in self.hooks:
+            arch = hook.export(self.best)
+            if arch is not None:
+                return arch
         return spec_of(self.searchable)
 
     def _profile(self, arch: dict) -> dict:
         """Params and MACs of the exported network and of its super network at the task's paper size."""
         from hrnas.models import PAPER_SIZES
+        from hrnas.profile import profile_arch
 
         size = PAPER_SIZES[self.task.name]
-        searched = _profile_arch(arch, size)
-        supernet = _profile_arch({"task": arch["task"], "model": arch["model"]}, size)
+        searched = profile_arch(arch, size)
+        supernet = profile_arch({"task": arch["task"], "model": arch["model"]}, size)
         return {"size": f"{size[0]}x{size[1]}", "convention": "true", "macs": searched.macs,
                 "params": searched.params, "supernet_macs": supernet.macs, "supernet_params": supernet.params,
                 "macs_ratio": searched.macs / supernet.macs, "params_ratio": searched.params / supernet.params}
 
     def _run_record(self, status: str, **extra) -> dict:
         return {"status": status, "task": self.task.name, **self.meta, "preset": self.cfg["preset"],
-                "world_size": self.world, "device": str(self.device), "versions": _versions(),
-                "git_commit": _git_commit(), "config": self.cfg, "steps_per_epoch": self.steps_per_epoch,
+                "world_size": self.world, "device": str(self.device), "versions": versions(),
+                "git_commit": git_info()["commit"], "config": self.cfg, "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps, "step": self.step, **extra}
 
     def _finish(self) -> dict:
@@ -674,65 +449,9 @@ class Trainer:
                   "run_dir": str(self.run_dir)}
         if D.is_main():
             save_arch(arch, self.run_dir / "arch.json")
-            history = self.controller.history if self.controller else []
+            hook_records = {k: v for hook in self.hooks for k, v in hook.record().items()}
             atomic_write_json(self.run_dir / "run.json", self._run_record(
                 "finished", wall_time_s=wall, metrics=metrics, best=best, profile=prof, arch=arch,
-                final_arch=spec_of(self.searchable), shrink_history=history))
+                final_arch=spec_of(self.searchable), **hook_records))
         D.barrier()
         return result
-
-
-def calibration_seed(cfg: dict, step: int) -> int:
-    """Seed of the BN re-calibration batches of the evaluation at ``step`` (so that ``hrnas eval`` of a
-    checkpoint reproduces the run's own evaluation)."""
-    return int(cfg["train"]["seed"]) * 1_000_003 + int(step)
-
-
-def task_eval_batch(task, train_batch: int) -> int:
-    """Per-process evaluation batch: 1 for segmentation (whole images of any size, as the authors),
-    the training batch otherwise."""
-    from hrnas.tasks.segmentation import SegmentationTask
-
-    return 1 if isinstance(task, SegmentationTask) else train_batch
-
-
-def build_calib_loader(task, cfg: dict, root, seed: int, rank: int, world: int, cuda: bool):
-    """Loader of training batches for BN re-calibration (its own dataset and seeds, so calibrating
-    never disturbs the training data stream); ``None`` when ``eval.bn_calib_batches`` is 0."""
-    from hrnas.data import build_loader
-
-    e = cfg["eval"]
-    if e["bn_calib_batches"] < 0:
-        raise UserError(f"eval.bn_calib_batches={e['bn_calib_batches']} must be >= 0")
-    if e["bn_calib_batches"] == 0:
-        return None
-    if e["bn_calib_batch_size"] < world:
-        raise UserError(f"eval.bn_calib_batch_size={e['bn_calib_batch_size']} must be >= the number of processes")
-    ds = task.train_dataset(root, seed=seed + 7919)
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed + 7919, drop_last=False)
-    return build_loader(ds, task.name, batch_size=e["bn_calib_batch_size"] // world, shuffle=False, sampler=sampler,
-                        num_workers=cfg["data"]["num_workers"], seed=seed + 7919, pin_memory=cuda)
-
-
-_PROFILES: dict[str, object] = {}
-
-
-def _profile_arch(arch: dict, size) -> object:
-    """``hrnas.profile`` of an architecture spec (or, without "blocks", of its super network), by one real
-    batch-1 pass on the meta device; cached per process (a search and its retraining share the super network)."""
-    from hrnas.models import build_model
-    from hrnas.profile import profile
-
-    key = json.dumps([arch, list(size)], sort_keys=True)
-    if key not in _PROFILES:
-        net = build_model(arch=arch) if "blocks" in arch else build_model(arch["task"], **arch["model"])
-        _PROFILES[key] = profile(net, size)  # meta device: shapes only, any size
-    return _PROFILES[key]
-
-
-def _gather(obj) -> list:
-    if not D.is_dist():
-        return [obj]
-    out = [None] * D.world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from hrnas.errors import UserError
 from hrnas.io import atomic_write_text
-from hrnas.reproduce.execute import Result, execute, git_info, kernel_threads, versions
+from hrnas.provenance import git_info, versions
+from hrnas.reproduce.execute import Result, execute, kernel_threads
 from hrnas.reproduce.metrics import fmt_metric, jsonable, key_metrics, metrics_path, now, read_metrics, short, write_json
 from hrnas.reproduce.notebooks import NotebookInfo, plan as make_plan
 from hrnas.reproduce.parameters import check_against, inspect_parameters, papermill_parameters
@@ -118,7 +119,7 @@ def reproduce(only=None, preset: str = "tiny", out="runs", params: Mapping | Non
 
     out.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    env_versions = versions()
+    env_versions = versions("papermill", "nbclient", "ipykernel")
     git = git_info(plan[0].path.parent)
     meta = {"preset": preset, "out": str(out), "notebooks_dir": str(plan[0].path.parent),
             "order": [i.name for i in plan], "params": jsonable(params, "params"), "jobs": jobs,

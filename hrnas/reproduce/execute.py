@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.metadata
 import os
-import platform
-import subprocess
 from pathlib import Path
 
 from hrnas.errors import UserError
@@ -155,31 +152,3 @@ def kernel_threads(threads: int | None):
     finally:
         for k in keys:
             os.environ.pop(k, None)
-
-
-def versions() -> dict:
-    """Python and the versions of the packages a notebook run depends on."""
-    import hrnas
-
-    out = {"python": platform.python_version(), "hrnas": getattr(hrnas, "__version__", None)}
-    for dist in ("torch", "torchvision", "numpy", "papermill", "nbclient", "ipykernel"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def git_info(folder: Path) -> dict:
-    """Commit and dirty flag of the repository holding `folder` (read-only git calls)."""
-    def git(*args):
-        try:
-            r = subprocess.run(["git", "--no-optional-locks", "-C", str(folder), *args],
-                               capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": (bool(status) if status is not None else None)}

@@ -10,7 +10,6 @@ with ``main`` naming the headline one). Metrics are reduced across ``torchrun`` 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -79,6 +78,10 @@ class Task:
         return collate_fn(self.name)
 
     # ---- steps ---------------------------------------------------------------------------------
+    def eval_batch_size(self, train_batch: int) -> int:
+        """Per-process evaluation batch size, given the per-process training batch (default: the same)."""
+        return train_batch
+
     def to_device(self, batch, device: torch.device, channels_last: bool):
         """Move a collated batch to ``device``; 4-D float tensors (images) become channels_last."""
         return move_batch(batch, device, channels_last)
@@ -113,15 +116,6 @@ def move_batch(batch, device: torch.device, channels_last: bool):
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_batch(v, device, channels_last) for v in batch)
     return batch
-
-
-def gather_objects(obj) -> list:
-    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
-    if not D.is_dist():
-        return [obj]
-    out = [None] * D.world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def eval_bar(loader, progress: bool, desc: str):

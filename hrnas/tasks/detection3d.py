@@ -18,11 +18,11 @@ import torch
 
 from hrnas.data.common import image_size
 from hrnas.data.kitti import CLASSES, boxes_to_corners, lidar_boxes_to_camera
-from hrnas.engine.distributed import broadcast_object, is_main
+from hrnas.engine.distributed import all_gather_objects, broadcast_object, is_main
 from hrnas.io import atomic_write_json
 from hrnas.errors import UserError
 from hrnas.metrics import kitti as K
-from hrnas.tasks.base import Task, eval_bar, gather_objects
+from hrnas.tasks.base import Task, eval_bar
 
 BACKBONE_STRIDE = 4
 HEAD_STRIDE = 2  # default of model.head_stride (OpenPCDet's single-scale head)
@@ -124,7 +124,7 @@ class Detection3DTask(Task):
                 dets = detections_to_kitti(pred, calib, (width, height))
                 gt = K.read_label_file(base / "label_2" / f"{fid}.txt")
                 frames.append((fid, gt, dets))
-        gathered = gather_objects(frames)
+        gathered = all_gather_objects(frames)
         metrics = None
         if is_main():
             frames = sorted((f for part in gathered for f in part), key=lambda f: f[0])

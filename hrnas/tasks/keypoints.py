@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from hrnas.data.pose_transforms import PIXEL_STD
-from hrnas.engine.distributed import broadcast_object, is_main
+from hrnas.engine.distributed import all_gather_objects, broadcast_object, is_main
 from hrnas.errors import UserError
 from hrnas.metrics import coco_keypoints as ck
-from hrnas.tasks.base import Task, check_positive_size, eval_bar, gather_objects
+from hrnas.tasks.base import Task, check_positive_size, eval_bar
 
 OKS_NMS_THRESHOLD = 0.9
 RESCORE_THRESHOLD = 0.2
@@ -87,7 +87,7 @@ class KeypointsTask(Task):
                 instances.append({"image_id": int(batch["image_id"][i]), "score": float(scores[i]),
                                   "area": float(batch["area"][i]),
                                   "keypoints": np.concatenate([preds[i], maxvals[i]], axis=1)})
-        gathered = gather_objects(instances)
+        gathered = all_gather_objects(instances)
         metrics = None
         if is_main():
             results = oks_nms_per_image([x for part in gathered for x in part])

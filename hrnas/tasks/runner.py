@@ -86,6 +86,7 @@ def run_experiment(task: str, mode: str = "search", out=None, data_root=None, pr
     ``"reused": True`` and its own ``run_dir``) and nothing is trained.
     """
     from hrnas.engine.trainer import Trainer
+    from hrnas.search import search_hooks
 
     if mode not in MODES:
         raise UserError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -120,10 +121,12 @@ def run_experiment(task: str, mode: str = "search", out=None, data_root=None, pr
             return same
     meta = {"mode": mode, "data_root": str(root), "synthetic": _synthetic_marker(root), "overrides": overrides,
             "arch_file": str(arch) if isinstance(arch, (str, Path)) else None}
+    if mode == "train":
+        meta["shrink_history"] = []  # a retrained network is never shrunk
     if ckpt is not None:
         meta = {**ckpt.get("meta", {}), "resumed_from_step": int(ckpt["step"])}
     try:
-        trainer = Trainer(get_task(cfg), cfg, out, data_root=root, arch=spec, search=mode == "search",
+        trainer = Trainer(get_task(cfg), cfg, out, data_root=root, arch=spec, hooks=search_hooks(cfg) if mode == "search" else [],
                           resume_from=ckpt, progress=progress, meta=meta)
         return trainer.fit()
     finally:
@@ -154,9 +157,8 @@ def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | Non
     notebook draws are the evaluated ones."""
     import torch
 
-    from hrnas.data import build_loader
-    from hrnas.engine.trainer import (ShardSampler, build_calib_loader, calibration_seed, evaluate_model,
-                                      task_eval_batch)
+    from hrnas.engine.evaluation import (build_calib_loader, build_val_loader, calibration_seed,
+                                         checkpoint_weights, evaluate_model)
 
     if detections is not None:
         if task != "coco":
@@ -180,17 +182,10 @@ def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | Non
     t = get_task(cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     channels_last = device.type == "cpu" or cfg["train"]["channels_last"]
-    val_ds = t.val_dataset(root)
-    seed = cfg["train"]["seed"]
-    batch = max(1, cfg["data"]["batch_size"])
-    val_loader = build_loader(val_ds, task, batch_size=task_eval_batch(t, batch), shuffle=False,
-                              sampler=ShardSampler(len(val_ds)), num_workers=cfg["data"]["num_workers"], seed=seed)
-    calib_loader = build_calib_loader(t, cfg, root, seed, 0, 1, device.type == "cuda")
+    val_loader = build_val_loader(t, cfg, root, max(1, cfg["data"]["batch_size"]))
+    calib_loader = build_calib_loader(t, cfg, root, cfg["train"]["seed"], 0, 1, device.type == "cuda")
     net = t.build_model(ckpt["arch"])
-    weights = ckpt["model"]
-    if cfg["eval"]["use_ema"] and ckpt.get("ema"):
-        weights = ckpt["ema"]["shadow"]
-    net.load_state_dict(weights)
+    net.load_state_dict(checkpoint_weights({**ckpt, "config": cfg}, where=str(path)))
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
@@ -274,10 +269,9 @@ def load_run(run_dir, ema: bool | None = None) -> LoadedRun:
     ckpt = load_checkpoint(path)
     task = get_task(ckpt["config"])
     net = task.build_model(ckpt["arch"])
-    use_ema = (ckpt["config"]["eval"]["use_ema"] and bool(ckpt.get("ema"))) if ema is None else ema
-    if use_ema and not ckpt.get("ema"):
-        raise UserError(f"{path}: ema=True but the checkpoint holds no EMA weights")
-    net.load_state_dict(ckpt["ema"]["shadow"] if use_ema else ckpt["model"])
+    from hrnas.engine.evaluation import checkpoint_weights
+
+    net.load_state_dict(checkpoint_weights(ckpt, ema, where=str(path)))
     root = Path(record["data_root"])
     return LoadedRun(dir=run_dir, record=record, task=task, data_root=root, synthetic=_synthetic_marker(root) is not None,
                      net=task.prepare_eval_model(net).eval(), step=int(ckpt["step"]))

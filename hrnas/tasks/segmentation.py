@@ -61,6 +61,10 @@ class SegmentationTask(Task):
     def input_size(self) -> tuple[int, int]:
         return check_positive_size(self.cfg["data"]["crop_size"], "data.crop_size")
 
+    def eval_batch_size(self, train_batch: int) -> int:
+        """1: whole images of any size, one at a time, as the authors evaluate."""
+        return 1
+
     def train_dataset(self, root, seed: int):
         from hrnas.data import build_dataset
 
