@@ -91,18 +91,22 @@ def test_segmentation_samplers():
     label[:, 8:] = 3
     data = [(image, label)] * 3
     images, labels = nb.segmentation_samples(data, 2)
-    assert len(images) == 2 and np.array_equal(images[0], denormalize(image)) and labels[1].shape == (8, 16)
+    # the image is shown at the label's size (the evaluation keeps labels at their original size)
+    small = denormalize(image)
+    assert len(images) == 2 and images[0].shape == (8, 16, 3) and labels[1].shape == (8, 16)
+    assert np.abs(images[0][::2, ::2].astype(int) - small.astype(int)).max() <= 64  # a bilinear upsampling
+    assert not np.array_equal(images[0][:, :8], images[0][:, 8:])
 
     class Task:
         def val_dataset(self, root):
             return data
 
-        def predict(self, net, x):  # class 3 on the right half of the input, class 1 elsewhere
+        def predict(self, net, x, size):  # class 3 on the right half of the input, class 1 elsewhere
             probs = torch.zeros(x.shape[0], 5, *x.shape[-2:])
             probs[:, 1] = 1.0
             probs[:, 1, :, 4:] = 0.0
             probs[:, 3, :, 4:] = 1.0
-            return probs
+            return torch.nn.functional.interpolate(probs, size=size, mode="bilinear", align_corners=False)
 
     run = SimpleNamespace(task=Task(), net=torch.nn.Linear(1, 1), data_root=None)
     images, preds, gts = nb.segmentation_predictions(run, 5)
