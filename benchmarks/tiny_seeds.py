@@ -6,10 +6,14 @@ tiny top-1 came out 15.3 % instead of 23.0 %). This script measures the spread o
 
     python benchmarks/tiny_seeds.py [--tasks imagenet cityscapes ade20k coco kitti] [--seeds 1995 1 2 3 4]
                                     [--jobs 2] [--out runs/seeds] [--preset tiny|smoke] [--write-table]
+                                    [--set key=value ...]
 
 Each (task, seed) is ``hrnas search TASK --preset P --out OUT/TASK/seedS train.seed=S`` in its own
 process with one torch thread (OMP_NUM_THREADS=1), ``--jobs`` at a time. Resumable: a run whose
-``run.json`` says finished is not repeated, an interrupted one continues with ``--resume``. From each
+``run.json`` says finished is not repeated, an interrupted one continues with ``--resume``.
+``--set key=value ...`` passes the same config overrides to every run (to measure a candidate recipe,
+e.g. ``--set optim.lr=5e-4 sched.warmup_epochs=2``); they are kept in ``OUT/overrides.json`` (a folder
+measured with other overrides is refused, so that no summary mixes recipes) and recorded in the summary. From each
 run's ``run.json`` it takes the final metrics (``hrnas.expected.RUN_METRICS``: imagenet
 top-1/top-5; cityscapes and ade20k mIoU/mAcc/aAcc; coco AP/AP50/AR; kitti Car BEV and 3D AP,
 moderate, R40 — under the names the notebooks record),
@@ -42,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this tree's hrnas, as in the runs (their PYTHONPATH starts with REPO)
 TASKS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
 DEFAULT_SEEDS = (1995, 1, 2, 3, 4)
+from hrnas.errors import UserError  # noqa: E402
 from hrnas.expected import RUN_METRICS  # noqa: E402  (metric names and units of the notebooks)
 
 PACKAGED_TABLE = REPO / "hrnas" / "configs" / "tiny_expected.csv"
@@ -68,11 +73,11 @@ def _env() -> dict:
     return env
 
 
-def launch(task: str, seed: int, preset: str, folder: Path) -> subprocess.Popen:
+def launch(task: str, seed: int, preset: str, folder: Path, overrides=()) -> subprocess.Popen:
     """Start one search (log: ``<folder>.log``)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "hrnas", "search", task, "--preset", preset, "--out", str(folder),
-           "--no-progress", f"train.seed={seed}"]
+           "--no-progress", *overrides, f"train.seed={seed}"]
     if run_state(folder) == "partial":
         cmd.append("--resume")
     log = open(folder.with_suffix(".log"), "w")
@@ -81,7 +86,30 @@ def launch(task: str, seed: int, preset: str, folder: Path) -> subprocess.Popen:
     return proc
 
 
-def run_all(out: Path, tasks, seeds, preset: str, jobs: int) -> list[tuple[str, int]]:
+def check_overrides(out: Path, overrides: list[str]) -> None:
+    """Record ``--set`` in ``OUT/overrides.json``; refuse a folder whose runs had other overrides."""
+    from hrnas.io import atomic_write_text
+
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. optim.lr=5e-4")
+        if key.strip() == "train.seed":
+            raise UserError("--set train.seed: the seeds are given by --seeds")
+    record = out / "overrides.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        if before != overrides:
+            raise UserError(f"--out {out}: its runs were made with --set {' '.join(before) or '(none)'}, "
+                            f"not {' '.join(overrides) or '(none)'}; use another --out")
+    elif any(out.glob("*/seed*/run.json")) and overrides:
+        raise UserError(f"--out {out}: holds runs made without --set; use another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(overrides) + "\n")
+
+
+def run_all(out: Path, tasks, seeds, preset: str, jobs: int, overrides=()) -> list[tuple[str, int]]:
     """Run every (task, seed) not finished yet, `jobs` at a time; returns the ones that failed."""
     todo = [(t, s) for t in tasks for s in seeds if run_state(run_dir(out, t, s)) != "finished"]
     done = len(tasks) * len(seeds) - len(todo)
@@ -96,7 +124,8 @@ def run_all(out: Path, tasks, seeds, preset: str, jobs: int) -> list[tuple[str, 
     while todo or running:
         while todo and len(running) < jobs:
             task, seed = todo.pop(0)
-            running[(task, seed)] = (launch(task, seed, preset, run_dir(out, task, seed)), time.perf_counter())
+            running[(task, seed)] = (launch(task, seed, preset, run_dir(out, task, seed), overrides),
+                                     time.perf_counter())
         for key, (proc, t0) in list(running.items()):
             if proc.poll() is None:
                 continue
@@ -181,12 +210,14 @@ def _write_csv(path: Path, rows: list[dict], columns) -> None:
             writer.writerows(rows)
 
 
-def write_summary(out: Path, rows: list[dict], stamp: dict, preset: str, failed) -> None:
-    _write_csv(out / "summary.csv", [{**r, **stamp} for r in rows], (*TABLE_COLUMNS, "values"))
+def write_summary(out: Path, rows: list[dict], stamp: dict, preset: str, failed, overrides=()) -> None:
+    _write_csv(out / "summary.csv", [{**r, **stamp, "overrides": " ".join(overrides)} for r in rows],
+               (*TABLE_COLUMNS, "values", "overrides"))
     from hrnas.io import atomic_write_text
 
     lines = [f"# Tiny results over seeds (preset {preset})", "",
-             f"machine: {stamp['machine']}  ", f"commit: {stamp['commit']}  ", f"date: {stamp['date']}", "",
+             f"machine: {stamp['machine']}  ", f"commit: {stamp['commit']}  ", f"date: {stamp['date']}  ",
+             f"overrides: {' '.join(overrides) or '(none: the preset as shipped)'}", "",
              "Accuracies in percent, macs_ratio = searched / super network MACs, wall_time_s in seconds; "
              "std is the sample standard deviation (ddof 1).", "",
              "| task | metric | mean ± std | min | max | n | per seed |", "|---|---|---:|---:|---:|---:|---|"]
@@ -207,6 +238,8 @@ def main(argv=None) -> int:
     p.add_argument("--preset", choices=("tiny", "smoke"), default="tiny")
     p.add_argument("--write-table", action="store_true", help=f"also write {PACKAGED_TABLE.relative_to(REPO)}")
     p.add_argument("--table", type=Path, default=PACKAGED_TABLE, help="where --write-table writes")
+    p.add_argument("--set", nargs="+", default=[], metavar="key=value", dest="overrides",
+                   help="config overrides for every run, e.g. optim.lr=5e-4 (recorded in the summary)")
     args = p.parse_args(argv)
     if args.jobs < 1 or len(set(args.seeds)) != len(args.seeds):
         p.error("--jobs must be >= 1 and --seeds distinct")
@@ -215,12 +248,19 @@ def main(argv=None) -> int:
                 f"(give --table FILE for a {args.preset} one)")
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file")
+    if args.write_table and args.overrides and args.table.resolve() == PACKAGED_TABLE:
+        p.error(f"--write-table: the packaged table is for the preset as shipped, not with --set "
+                f"(give --table FILE)")
     tasks, seeds = list(dict.fromkeys(args.tasks)), args.seeds
-    failed = run_all(args.out, tasks, seeds, args.preset, args.jobs)
+    try:
+        check_overrides(args.out, args.overrides)
+    except UserError as exc:
+        p.error(str(exc))
+    failed = run_all(args.out, tasks, seeds, args.preset, args.jobs, args.overrides)
     rows = summarize(collect(args.out, tasks, seeds))
     stamp = {"machine": machine(args.jobs), "commit": git_commit(),
              "date": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
-    write_summary(args.out, rows, stamp, args.preset, failed)
+    write_summary(args.out, rows, stamp, args.preset, failed, args.overrides)
     print(f"wrote {args.out / 'summary.csv'} and {args.out / 'summary.md'}")
     if args.write_table:
         _write_csv(args.table, [{**r, **stamp} for r in rows], TABLE_COLUMNS)

@@ -74,3 +74,29 @@ def test_only_tiny_writes_the_packaged_table(tmp_path, capsys):
         tiny_seeds.main(["--preset", "smoke", "--tasks", "coco", "--seeds", "1", "--out", str(tmp_path), "--write-table"])
     assert exc.value.code == 2 and "only a tiny measurement" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_set_overrides_reach_every_run_and_are_recorded(tmp_path, capsys):
+    out = tmp_path / "lr"
+    argv = ["--preset", "smoke", "--tasks", "coco", "--seeds", "3", "--jobs", "1", "--out", str(out),
+            "--set", "optim.lr=0.0007", "sched.milestones=[2]"]
+    assert tiny_seeds.main(argv) == 0
+    run = json.loads((out / "coco" / "seed3" / "run.json").read_text())
+    assert run["config"]["optim"]["lr"] == pytest.approx(7e-4) and run["config"]["sched"]["milestones"] == [2]
+    assert run["config"]["train"]["seed"] == 3
+    assert json.loads((out / "overrides.json").read_text()) == ["optim.lr=0.0007", "sched.milestones=[2]"]
+    rows = _rows(out / "summary.csv")
+    assert rows and all(r["overrides"] == "optim.lr=0.0007 sched.milestones=[2]" for r in rows)
+    assert "overrides: optim.lr=0.0007 sched.milestones=[2]" in (out / "summary.md").read_text()
+
+    # the same folder with other overrides (or none) is refused: no summary mixes two recipes
+    for other in (["--set", "optim.lr=0.001"], []):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            tiny_seeds.main(argv[:argv.index("--set")] + other)
+        assert exc.value.code == 2 and "were made with --set optim.lr=0.0007" in capsys.readouterr().err
+    for bad, message in ((["lr0.1"], "expected key=value"), (["train.seed=5"], "given by --seeds")):
+        with pytest.raises(SystemExit) as exc:
+            tiny_seeds.main(["--preset", "smoke", "--tasks", "coco", "--seeds", "1", "--out",
+                             str(tmp_path / "bad"), "--set", *bad])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
