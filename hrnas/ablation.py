@@ -179,7 +179,8 @@ def _experiment(mode: str, run_dir: Path, recipe: str, root: Path, overrides: li
                           arch=arch, progress=progress)
 
 
-def baseline_arch(preset: str = "tiny", data_root=None, out_dir="runs/ablation", progress: bool = False) -> dict:
+def baseline_arch(preset: str = "tiny", data_root=None, out_dir="runs/ablation", progress: bool = False,
+                  seed: int | None = None) -> dict:
     """Search the baseline (no attention, the paper's MACs budget at 512×1024) in
     ``<out_dir>/baseline_search`` (reused when it finished with the same recipe) and return its final
     architecture, also written to ``<out_dir>/baseline_arch.json``."""
@@ -189,7 +190,7 @@ def baseline_arch(preset: str = "tiny", data_root=None, out_dir="runs/ablation",
     p = ablation_preset(preset)
     root = resolve_data_root(TASK, p["recipe"], data_root)
     run_dir = Path(out_dir) / "baseline_search"
-    overrides = [f"train.seed={p['seed']}", "search.export=final", *p["search"]]
+    overrides = [f"train.seed={p['seed'] if seed is None else seed}", "search.export=final", *p["search"]]
     _experiment("search", run_dir, p["recipe"], root, overrides, progress=progress)
     spec = check_baseline(json.loads((run_dir / "arch.json").read_text()), str(run_dir / "arch.json"))
     save_arch(spec, Path(out_dir) / "baseline_arch.json")
@@ -208,8 +209,9 @@ def _train_one(job: dict) -> dict:
 
 
 def train_rows(table: str, baseline: dict, *, preset: str = "tiny", data_root=None, out_dir="runs/ablation",
-               seeds: int | None = None, jobs: int = 1, progress: bool = False) -> pd.DataFrame:
-    """Retrain every row of ``table`` for every seed (``<out_dir>/<experiment>/seed<k>``); a finished
+               seeds: int | None = None, seed: int | None = None, jobs: int = 1,
+               progress: bool = False) -> pd.DataFrame:
+    """Retrain every row of ``table`` for every seed (``seed``, ``seed + 1``, ...; default: the preset's first) (``<out_dir>/<experiment>/seed<k>``); a finished
     identical run is reused (Table 2 reuses Table 1's Baseline and s=8×8). Returns one line per
     (row, seed): mIoU/mACC/aACC in %, the run folder and whether it was reused."""
     from hrnas.tasks.runner import resolve_data_root
@@ -224,11 +226,11 @@ def train_rows(table: str, baseline: dict, *, preset: str = "tiny", data_root=No
     jobs_list, keys = [], []
     for label, module in rows_of(table).items():
         for k in range(seeds):
-            seed = p["seed"] + k
-            keys.append((label, seed))
-            jobs_list.append({"run_dir": str(Path(out_dir) / module.key / f"seed{seed}"), "recipe": p["recipe"],
+            seed_k = (p["seed"] if seed is None else seed) + k
+            keys.append((label, seed_k))
+            jobs_list.append({"run_dir": str(Path(out_dir) / module.key / f"seed{seed_k}"), "recipe": p["recipe"],
                               "root": str(root), "arch": row_arch(baseline, module), "progress": progress,
-                              "overrides": [f"train.seed={seed}", *p["train"], *row_overrides(module)],
+                              "overrides": [f"train.seed={seed_k}", *p["train"], *row_overrides(module)],
                               "threads": 1 if jobs > 1 else max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))})
     if jobs == 1:
         results = [_train_one(dict(job)) for job in jobs_list]
@@ -351,12 +353,14 @@ def _stem(table: str, preset: str) -> str:
     return f"ablation_{table}_{re.sub(r'[^A-Za-z0-9_-]+', '_', preset)}"
 
 
-def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | None = None, arch=None,
+def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | None = None,
+              seed: int | None = None, arch=None,
               out_dir="runs/ablation", figures_dir=None, jobs: int = 1, progress: bool = False,
               stem: str | None = None) -> dict:
     """The whole ablation: baseline (searched, or ``arch``), rows × seeds retrained, costs, the table
     (CSV/Markdown/LaTeX in ``figures_dir``, default ``out_dir``) and the Δ plot. Returns
-    ``{"table", "caption", "scores", "costs", "baseline", "paths", "figure", "wall_time_s", "label"}``."""
+    ``{"table", "caption", "scores", "costs", "baseline", "paths", "figure", "wall_time_s", "label",
+    "chance_mIoU"}``."""
     from hrnas.data.synthetic import read_marker
     from hrnas.models import load_arch
     from hrnas.tasks.runner import data_label, resolve_data_root
@@ -371,15 +375,41 @@ def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | 
     if arch is not None:
         spec = check_baseline(load_arch(arch) if isinstance(arch, (str, Path)) else arch, str(arch))
     else:
-        spec = baseline_arch(preset, root, out_dir, progress=progress)
-    scores = train_rows(table, spec, preset=preset, data_root=root, out_dir=out_dir, seeds=seeds, jobs=jobs,
-                        progress=progress)
+        spec = baseline_arch(preset, root, out_dir, progress=progress, seed=seed)
+    scores = train_rows(table, spec, preset=preset, data_root=root, out_dir=out_dir, seeds=seeds, seed=seed,
+                        jobs=jobs, progress=progress)
     costs = row_costs(table, spec)
-    label = data_label(read_marker(root) is not None, preset)
+    synthetic = read_marker(root) is not None
+    label = data_label(synthetic, preset)
     merged, caption = build_table(table, costs, scores, label)
+    chance = chance_miou(root)
+    caption += f" Chance level of our mIoU (a prediction ignoring the image, classes drawn from the training labels' frequencies): {chance:.2f} %."
     figures_dir = Path(figures_dir if figures_dir is not None else out_dir)
     stem = stem or _stem(table, preset)
     paths = save_table(merged, stem, figures_dir, caption=caption, float_format=".3f")
     fig = plot_deltas(merged, table, label, figures_dir / f"{stem}.png")
     return {"table": merged, "caption": caption, "scores": scores, "costs": costs, "baseline": spec,
-            "paths": paths, "figure": fig, "wall_time_s": time.perf_counter() - start, "label": label}
+            "paths": paths, "figure": fig, "wall_time_s": time.perf_counter() - start, "label": label,
+            "chance_mIoU": chance}
+
+
+def chance_miou(root) -> float:
+    """mIoU (%) of a prediction that ignores the image: every pixel's class drawn from the training
+    labels' class frequencies q, scored on the validation labels (frequencies p). Its expected IoU per
+    class is p·q / (p + q − p·q), averaged over the classes with a non-empty union (as the metric does)."""
+    from PIL import Image
+
+    def frequencies(split: str) -> np.ndarray:
+        counts = np.zeros(256, np.int64)
+        files = sorted((Path(root) / "gtFine" / split).glob("*/*_gtFine_labelTrainIds.png"))
+        if not files:
+            raise UserError(f"{root}: no gtFine/{split}/*/*_gtFine_labelTrainIds.png label files")
+        for f in files:
+            counts += np.bincount(np.asarray(Image.open(f)).ravel(), minlength=256)
+        counts = counts[:19].astype(float)
+        return counts / counts.sum()
+
+    p, q = frequencies("val"), frequencies("train")
+    union = p + q - p * q
+    present = union > 0
+    return float(100 * np.mean(p[present] * q[present] / union[present]))

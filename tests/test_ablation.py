@@ -162,3 +162,19 @@ def test_smoke_tables_from_the_cli(tmp_path, capsys):
     assert len(runs) == 10 and len(list(out.glob("*/seed*/run.json"))) == 20
     assert (out / "baseline_arch.json").is_file() and (out / "ablation_table2_smoke.png").is_file()
     assert t2.loc["Non-local", "FLOPs"] > t2.loc["SE", "FLOPs"]
+
+
+def test_chance_level_from_the_label_frequencies(tmp_path):
+    from PIL import Image
+
+    for split, rows in (("train", [0, 0, 1, 1]), ("val", [0, 1, 1, 1])):
+        folder = tmp_path / "gtFine" / split / "city"
+        folder.mkdir(parents=True)
+        label = np.repeat(np.array(rows, np.uint8)[:, None], 4, axis=1)
+        label[0, 0] = 255  # ignored pixels do not count
+        Image.fromarray(label).save(folder / "city_000000_000019_gtFine_labelTrainIds.png")
+    # without the ignored pixel: train class 0: 7 px, class 1: 8 px; val class 0: 3 px, class 1: 12 px
+    q = np.array([7, 8]) / 15
+    p = np.array([3, 12]) / 15
+    expected = 100 * np.mean(p * q / (p + q - p * q))
+    assert A.chance_miou(tmp_path) == pytest.approx(expected)
