@@ -1,141 +1,415 @@
-"""The supplement's transformer ablations on Cityscapes (Tables 1 and 2): one short training run of the
-super network per table row, its cost at the paper's input size, and our table next to the paper's.
+"""The supplement's ablations on Cityscapes (Tables 1 and 2) by its protocol (§3).
 
-Table 1 varies the projection size s of the lightweight transformer (n = 8 queries, encoder + decoder,
-channel tokens); Table 2 compares no attention, SE, Non-local and the transformer as encoder or
-encoder + decoder with spatial or channel tokens (n = 8, s = 8). Each row is a set of recipe
-overrides; the rows train the whole super network without the search (``search.enabled=false``).
+1. **Baseline search**: Cityscapes searched in the multi-branch + MixConv space *without* attention down
+   to the paper's baseline cost, 1.863 G multiply-adds at 512×1024 in the authors' profiler convention
+   (``search.budget_macs`` at ``search.budget_size``), exported as an arch spec (:func:`baseline_arch`;
+   or a given one, ``arch=``).
+2. **Rows**: the baseline architecture plus the row's module (:data:`MODULES`) in the same blocks,
+   retrained from scratch with the same recipe for every row and every seed (:func:`train_rows`).
+   Table 1 varies the transformer's projection size s (n = 8, encoder + decoder, channel tokens); Table 2
+   compares SE, Non-local and the transformer's variants (n = 8, s = 8). Rows of the two tables with the
+   same module are one experiment, trained once (same run folder).
+3. **Table**: Params / FLOPs (authors' convention) of each row's network at 512×1024, mIoU/mAcc/aAcc as
+   mean ± std over the seeds, the paired difference to the Baseline (mean and 95 % t-interval over
+   seeds), the paper's values alongside (:func:`build_table`), and Δ mIoU against the added cost
+   (:func:`plot_deltas`).
 
-Two rows with the same resolved recipe are the same experiment (Table 1's Baseline and s=8×8 are
-Table 2's Baseline and Enc + Dec (channel)): :func:`run_rows` reuses a finished run with an identical
-configuration and dataset from ``reuse_from`` instead of training it again.
+Where the modules go (docs/design.md, "Ablation modules"): the transformer in the 44 residual blocks
+(n tokens each, ``model.placement=res``); SE as the authors' fused retraining block (SE on the kernel
+paths' hidden features, bottleneck round(0.5 · block input), every searching block); Non-local in the
+44 residual blocks, zero-initialised output BN. The recipes per preset are in
+``hrnas/configs/ablation.yaml``.
 """
 from __future__ import annotations
 
+import copy
+import json
+import math
+import os
 import re
 import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
+from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from hrnas.engine.config import load_config
+from hrnas.engine.config import _yaml, load_config
 from hrnas.errors import UserError
 from hrnas.models import PAPER_SIZES, build_model
 from hrnas.profile import profile
 from hrnas.viz.tables import paper_table
 
 TASK = "cityscapes"
+TABLES = ("table1", "table2")
 METRICS = (("mIoU", "mIoU"), ("mACC", "mAcc"), ("aACC", "aAcc"))  # (paper's column, our metric key)
 UNITS = {"Params": "M", "FLOPs": "G"}
+PLOT_COST = {"table1": "Params", "table2": "FLOPs"}  # the cost each table's rows mainly differ in
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
-class Ablation:
-    """One of the supplement's ablation tables: the recipe overrides of every row."""
+class Module:
+    """What a row adds to the searched baseline. ``kind``: none | transformer | se | nonlocal."""
 
-    table: str                     # "table1" | "table2" (hrnas.viz.tables.paper_table)
-    common: tuple[str, ...]        # overrides of every row
-    rows: dict[str, tuple[str, ...]]  # the paper's row label -> its own overrides
+    kind: str = "none"
+    tokens: int = 8
+    proj: int = 8
+    decoder: bool = True
+    token_mode: str = "channel"
 
-    def overrides(self, row: str) -> list[str]:
-        return [*self.common, *self.rows[row]]
+    @property
+    def key(self) -> str:
+        """The experiment's name (its run folder): rows with equal modules share it."""
+        if self.kind != "transformer":
+            return {"none": "baseline", "se": "se", "nonlocal": "nonlocal"}[self.kind]
+        return f"transformer_n{self.tokens}_s{self.proj}_{'encdec' if self.decoder else 'enc'}_{self.token_mode}"
 
 
-ABLATIONS = {
-    "table1": Ablation("table1", ("model.tokens=8", "model.decoder=true", "model.token_mode=channel"), {
-        "Baseline": ("model.attention=none", "model.proj=8"),  # proj unused; = Table 2's Baseline recipe
-        "s=2x2": ("model.attention=transformer", "model.proj=2"),
-        "s=4x4": ("model.attention=transformer", "model.proj=4"),
-        "s=8x8": ("model.attention=transformer", "model.proj=8"),
-        "s=16x16": ("model.attention=transformer", "model.proj=16"),
-    }),
-    "table2": Ablation("table2", ("model.tokens=8", "model.proj=8"), {
-        "Baseline": ("model.attention=none", "model.decoder=true", "model.token_mode=channel"),
-        "SE": ("model.attention=none", "model.se_ratio=0.25", "model.se_on=output", "model.se_placement=res"),
-        "Non-local": ("model.attention=nonlocal",),
-        "Enc (spatial)": ("model.attention=transformer", "model.decoder=false", "model.token_mode=spatial"),
-        "Enc (channel)": ("model.attention=transformer", "model.decoder=false", "model.token_mode=channel"),
-        "Enc + Dec (spatial)": ("model.attention=transformer", "model.decoder=true", "model.token_mode=spatial"),
-        "Enc + Dec (channel)": ("model.attention=transformer", "model.decoder=true", "model.token_mode=channel"),
-    }),
+# The authors' fused SE (their retraining block): on the hidden features, bottleneck round(0.5·inp), every block.
+SE_OPTIONS = {"se_ratio": 0.5, "se_on": "hidden", "se_placement": "res+down"}
+ATTENTION_PLACEMENT = "res"  # the 44 residual blocks, for the transformer and Non-local alike
+
+MODULES = {
+    "table1": {"Baseline": Module(), **{f"s={s}x{s}": Module("transformer", proj=s) for s in (2, 4, 8, 16)}},
+    "table2": {
+        "Baseline": Module(),
+        "SE": Module("se"),
+        "Non-local": Module("nonlocal"),
+        "Enc (spatial)": Module("transformer", decoder=False, token_mode="spatial"),
+        "Enc (channel)": Module("transformer", decoder=False, token_mode="channel"),
+        "Enc + Dec (spatial)": Module("transformer", decoder=True, token_mode="spatial"),
+        "Enc + Dec (channel)": Module("transformer", decoder=True, token_mode="channel"),
+    },
 }
 
 
-def get_ablation(table: str) -> Ablation:
-    if table not in ABLATIONS:
-        raise UserError(f"ablation table {table!r}: choose one of {', '.join(ABLATIONS)}")
-    ablation = ABLATIONS[table]
+def rows_of(table: str) -> dict[str, Module]:
+    """The paper's row label → module of ``table`` ("table1" | "table2")."""
+    if table not in MODULES:
+        raise UserError(f"ablation table {table!r}: choose one of {', '.join(TABLES)}")
+    rows = MODULES[table]
     paper_rows = list(paper_table(table)["variant"])
-    assert list(ablation.rows) == paper_rows, f"{table}: rows must follow the paper's table {paper_rows}"
-    return ablation
+    assert list(rows) == paper_rows, f"{table}: rows must follow the paper's table {paper_rows}"
+    return rows
 
 
-def row_costs(table: str, preset: str = "tiny") -> pd.DataFrame:
-    """Params (M) and FLOPs (G multiply-adds, the authors' profiler convention) of every row's full super
-    network at the paper's Cityscapes input size, with the paper's expansion ratio 4."""
-    ablation = get_ablation(table)
+# ---- presets ------------------------------------------------------------------------------------
+def ablation_presets() -> dict[str, dict]:
+    """The presets of ``hrnas/configs/ablation.yaml``: recipe, seeds, seed, search and train overrides."""
+    text = resources.files("hrnas.configs").joinpath("ablation.yaml").read_text(encoding="utf-8")
+    return _yaml(text, "hrnas/configs/ablation.yaml")
+
+
+def ablation_preset(name: str) -> dict:
+    presets = ablation_presets()
+    if name not in presets:
+        raise UserError(f"--preset {name!r}: the ablation presets are {', '.join(presets)}")
+    return presets[name]
+
+
+# ---- architectures ------------------------------------------------------------------------------
+def check_baseline(spec: dict, source: str = "arch") -> dict:
+    """A Cityscapes arch spec without attention (the baseline every row adds its module to)."""
+    from hrnas.models import validate_arch
+
+    validate_arch(spec, TASK, source)
+    if spec["model"].get("attention", "none") != "none" or any(b.get("tokens", 0) for b in spec["blocks"]):
+        raise UserError(f"{source}: the ablation baseline must be searched without attention "
+                        f"(model.attention={spec['model'].get('attention')!r}); search with model.attention=none")
+    return spec
+
+
+def row_arch(baseline: dict, module: Module) -> dict:
+    """The baseline arch spec with ``module`` added (transformer / Non-local in the residual blocks)."""
+    spec = copy.deepcopy(baseline)
+    if module.kind in ("transformer", "nonlocal"):
+        spec["model"].update(attention=module.kind, placement=ATTENTION_PLACEMENT)
+    if module.kind == "transformer":
+        spec["model"].update(tokens=module.tokens, proj=module.proj, decoder=module.decoder,
+                             token_mode=module.token_mode)
+        for block in spec["blocks"]:  # n tokens in every residual block (stride 1, same width)
+            residual = block["stride"] == 1 and block["inp"] == block["oup"]
+            block["tokens"] = module.tokens if residual and ATTENTION_PLACEMENT == "res" else 0
+    return spec
+
+
+def row_overrides(module: Module) -> list[str]:
+    """Recipe overrides of the row's retraining: SE is a retraining option (hrnas.models.RETRAIN_OPTIONS)."""
+    if module.kind != "se":
+        return []
+    return [f"model.{k}={v}" for k, v in SE_OPTIONS.items()]
+
+
+def row_model(baseline: dict, module: Module):
+    """The network of the row (baseline + module)."""
+    options = SE_OPTIONS if module.kind == "se" else {}
+    return build_model(TASK, arch=row_arch(baseline, module), **options)
+
+
+def row_costs(table: str, baseline: dict) -> pd.DataFrame:
+    """Params (M) and FLOPs (G multiply-adds, the authors' profiler convention) of every row's network
+    (the searched baseline plus the module) at the paper's size, 512×1024."""
     size = PAPER_SIZES[TASK]
     rows = {}
-    for row in ablation.rows:
-        options = {**load_config(TASK, preset, ablation.overrides(row))["model"], "expand_ratio": 4}
-        p = profile(build_model(TASK, **options), size, convention="hrnas")
-        rows[row] = {"Params": p.params / 1e6, "FLOPs": p.macs / 1e9}
+    for label, module in rows_of(table).items():
+        p = profile(row_model(baseline, module), size, convention="hrnas")
+        rows[label] = {"Params": p.params / 1e6, "FLOPs": p.macs / 1e9}
     return pd.DataFrame(rows).T
 
 
-def _run_dir_name(row: str) -> str:
-    return re.sub(r"\W+", "_", row).strip("_")
+# ---- runs ---------------------------------------------------------------------------------------
+def _experiment(mode: str, run_dir: Path, recipe: str, root: Path, overrides: list, arch=None,
+                progress: bool = False) -> dict:
+    """One run (search or retraining) in ``run_dir``; a finished identical run there is reused."""
+    from hrnas.tasks.runner import find_identical_run, run_experiment
+
+    cfg = load_config(TASK, recipe, overrides)
+    if mode == "train":
+        cfg["search"]["enabled"] = False
+    same = find_identical_run([run_dir], mode, cfg, root, arch)
+    if same is not None:
+        return same
+    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or different run: start afresh
+    return run_experiment(TASK, mode, out=run_dir, data_root=root, preset=recipe, overrides=overrides,
+                          arch=arch, progress=progress)
 
 
-def run_rows(table: str, *, preset: str = "tiny", data_root=None, out_dir="runs", seed: int = 1995,
-             overrides=(), progress: bool = True, reuse_from=()) -> pd.DataFrame:
-    """Train every row of ``table`` (fresh runs in ``<out_dir>/<row>``) and return mIoU/mACC/aACC (%).
+def baseline_arch(preset: str = "tiny", data_root=None, out_dir="runs/ablation", progress: bool = False,
+                  seed: int | None = None) -> dict:
+    """Search the baseline (no attention, the paper's MACs budget at 512×1024) in
+    ``<out_dir>/baseline_search`` (reused when it finished with the same recipe) and return its final
+    architecture, also written to ``<out_dir>/baseline_arch.json``."""
+    from hrnas.models import save_arch
+    from hrnas.tasks.runner import resolve_data_root
 
-    ``reuse_from``: folders of earlier ablation runs (e.g. Table 1's); a finished run there whose
-    resolved recipe and dataset equal a row's is reused instead of retrained. The ``reused_from``
-    column names it.
-    """
-    from hrnas.tasks.runner import resolve_data_root, run_experiment
-
-    ablation = get_ablation(table)
-    root = resolve_data_root(TASK, preset, data_root)
-    scores = {}
-    for row in ablation.rows:
-        run_dir = Path(out_dir) / _run_dir_name(row)
-        shutil.rmtree(run_dir, ignore_errors=True)  # a table run starts fresh
-        result = run_experiment(TASK, "search", out=run_dir, data_root=root, preset=preset, progress=progress,
-                                overrides=[f"train.seed={seed}", "search.enabled=false", *ablation.overrides(row),
-                                           *overrides], reuse=reuse_from)
-        scores[row] = {**{f"{name}(%)": 100 * result["metrics"][key] for name, key in METRICS},
-                       "reused_from": result["run_dir"] if result.get("reused") else None}
-    return pd.DataFrame(scores).T
+    p = ablation_preset(preset)
+    root = resolve_data_root(TASK, p["recipe"], data_root)
+    run_dir = Path(out_dir) / "baseline_search"
+    overrides = [f"train.seed={p['seed'] if seed is None else seed}", "search.export=final", *p["search"]]
+    _experiment("search", run_dir, p["recipe"], root, overrides, progress=progress)
+    spec = check_baseline(json.loads((run_dir / "arch.json").read_text()), str(run_dir / "arch.json"))
+    save_arch(spec, Path(out_dir) / "baseline_arch.json")
+    return spec
 
 
-def compare_with_paper(table: str, costs: pd.DataFrame, scores: pd.DataFrame, label: str):
-    """Our rows next to the paper's (``paper ...`` columns) and a caption saying which is whose."""
-    paper = paper_table(table)
-    ours = pd.DataFrame([{"Input size": row, **costs.loc[row], **scores.loc[row].drop("reused_from")}
-                         for row in get_ablation(table).rows])
-    theirs = paper.set_axis(paper.attrs["paper_columns"], axis=1)
-    merged = ours.merge(theirs.add_prefix("paper ").rename(columns={"paper Input size": "Input size"}),
-                        on="Input size")
+def _train_one(job: dict) -> dict:
+    """Worker: retrain one (row, seed); one intra-op thread per worker."""
+    import torch
+
+    torch.set_num_threads(int(job.pop("threads")))
+    result = _experiment("train", Path(job["run_dir"]), job["recipe"], Path(job["root"]), job["overrides"],
+                         arch=job["arch"], progress=job["progress"])
+    return {"metrics": result["metrics"], "run_dir": result["run_dir"], "reused": bool(result.get("reused")),
+            "wall_time_s": result.get("wall_time_s")}
+
+
+def train_rows(table: str, baseline: dict, *, preset: str = "tiny", data_root=None, out_dir="runs/ablation",
+               seeds: int | None = None, seed: int | None = None, jobs: int = 1,
+               progress: bool = False) -> pd.DataFrame:
+    """Retrain every row of ``table`` for every seed (``seed``, ``seed + 1``, ...; default: the preset's first) (``<out_dir>/<experiment>/seed<k>``); a finished
+    identical run is reused (Table 2 reuses Table 1's Baseline and s=8×8). Returns one line per
+    (row, seed): mIoU/mACC/aACC in %, the run folder and whether it was reused."""
+    from hrnas.tasks.runner import resolve_data_root
+
+    p = ablation_preset(preset)
+    seeds = p["seeds"] if seeds is None else seeds
+    if not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds {seeds}: give an integer >= 1")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise UserError(f"--jobs {jobs}: give an integer >= 1")
+    root = resolve_data_root(TASK, p["recipe"], data_root)
+    jobs_list, keys = [], []
+    for label, module in rows_of(table).items():
+        for k in range(seeds):
+            seed_k = (p["seed"] if seed is None else seed) + k
+            keys.append((label, seed_k))
+            jobs_list.append({"run_dir": str(Path(out_dir) / module.key / f"seed{seed_k}"), "recipe": p["recipe"],
+                              "root": str(root), "arch": row_arch(baseline, module), "progress": progress,
+                              "overrides": [f"train.seed={seed_k}", *p["train"], *row_overrides(module)],
+                              "threads": 1 if jobs > 1 else max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))})
+    if jobs == 1:
+        results = [_train_one(dict(job)) for job in jobs_list]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_train_one, jobs_list))
+    lines = []
+    for (label, seed), res in zip(keys, results):
+        lines.append({"row": label, "seed": seed,
+                      **{f"{name}(%)": 100 * res["metrics"][key] for name, key in METRICS},
+                      "run_dir": res["run_dir"], "reused": res["reused"], "wall_time_s": res["wall_time_s"]})
+    return pd.DataFrame(lines)
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (n − 1; NaN for one value) and count."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
+
+
+def paired_difference(values, baseline, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Mean of the per-seed differences ``values − baseline`` (paired by seed) and its two-sided
+    ``confidence`` Student-t interval (NaN bounds for one seed)."""
+    from scipy import stats
+
+    d = np.asarray(values, dtype=float) - np.asarray(baseline, dtype=float)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
+# ---- the table ----------------------------------------------------------------------------------
+def build_table(table: str, costs: pd.DataFrame, scores: pd.DataFrame, label: str):
+    """Ours next to the paper's: ``Input size`` (the paper's row header), Params, FLOPs, the metrics'
+    means, then their std, the paired Δ to the Baseline with its 95 % interval, ``seeds``, then the
+    paper's columns (prefix ``paper``). Returns (table, caption)."""
+    rows = rows_of(table)
+    paper = paper_table(table).set_axis(paper_table(table).attrs["paper_columns"], axis=1)
+    base = scores[scores["row"] == "Baseline"].sort_values("seed")
+    records = []
+    for label_ in rows:
+        mine = scores[scores["row"] == label_].sort_values("seed")
+        if list(mine["seed"]) != list(base["seed"]):
+            raise UserError(f"{table} row {label_!r}: seeds {list(mine['seed'])} differ from the Baseline's")
+        rec = {"Input size": label_, "Params": costs.loc[label_, "Params"], "FLOPs": costs.loc[label_, "FLOPs"]}
+        stats_ = {}
+        for name, _ in METRICS:
+            col = f"{name}(%)"
+            mean, std, n = mean_std(mine[col])
+            d, lo, hi = paired_difference(mine[col], base[col])
+            rec[col] = mean
+            stats_.update({f"{col} std": std, f"Δ {col}": d, f"Δ {col} lo": lo, f"Δ {col} hi": hi})
+        records.append({**rec, **stats_, "seeds": n})
+    ours = pd.DataFrame(records)
+    theirs = paper.add_prefix("paper ").rename(columns={"paper Input size": "Input size"})
+    merged = ours.merge(theirs, on="Input size")
     for column in merged.columns[1:]:
         merged[column] = pd.to_numeric(merged[column])
+    merged["paper Δ mIoU(%)"] = merged["paper mIoU(%)"] - merged["paper mIoU(%)"].iloc[0]
+    paper_cols = [c for c in merged.columns if c.startswith("paper ")]
+    merged = merged[[c for c in merged.columns if not c.startswith("paper ")] + paper_cols]
     size = PAPER_SIZES[TASK]
-    caption = (f"{paper.attrs['caption']} Ours ({label}): Params (M) / FLOPs (G multiply-adds, authors' "
-               f"profiler) of the full super network at {size[0]}x{size[1]}; mIoU/mACC/aACC from short runs. "
-               f"Columns 'paper ...': {paper.attrs['source']} (not ours).")
+    n = int(ours["seeds"].iloc[0])
+    caption = (f"{paper_table(table).attrs['caption']} Ours ({label}): Params (M) / FLOPs (G multiply-adds, "
+               f"authors' profiler) of the searched baseline plus each module at {size[0]}x{size[1]}; "
+               f"mIoU/mACC/aACC (%) mean over {n} seeds (std: sample standard deviation), Δ: paired "
+               f"difference to the Baseline with its {int(CONFIDENCE * 100)} % t-interval (lo, hi). "
+               f"Columns 'paper ...': {paper_table(table).attrs['source']} (not ours; one number per row).")
     return merged, caption
 
 
-def cost_vs_miou(merged: pd.DataFrame, cost: str, label: str) -> pd.DataFrame:
-    """Long table for :func:`hrnas.viz.metric_vs_cost`: cost added to the Baseline vs. mIoU, ours and
-    the paper's."""
-    added = f"{cost} added to the Baseline ({UNITS[cost]})"
-    return pd.concat([
-        pd.DataFrame({"variant": merged["Input size"], added: merged[col] - merged[col].iloc[0],
-                      "mIoU (%)": merged[miou], "source": source})
-        for col, miou, source in ((cost, "mIoU(%)", f"ours ({label})"),
-                                  (f"paper {cost}", "paper mIoU(%)", "paper (supplement)"))
-    ], ignore_index=True)
+def plot_deltas(merged: pd.DataFrame, table: str, label: str, path=None):
+    """Δ mIoU to the Baseline against the cost each row adds (log axis): ours (mean with its 95 %
+    interval) and the paper's side by side. Rows adding no cost (≤ 0) cannot sit on a log axis and are
+    listed in the panel instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hrnas.viz.plots import save_figure
+
+    cost = PLOT_COST[table]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    panels = ((axes[0], "", f"ours ({label})", "Δ mIoU(%)"), (axes[1], "paper ", "paper (supplement)",
+                                                               "paper Δ mIoU(%)"))
+    for ax, prefix, title, dcol in panels:
+        rows = merged.iloc[1:]
+        added = rows[f"{prefix}{cost}"] - merged[f"{prefix}{cost}"].iloc[0]
+        ok = added > 0
+        x, y = added[ok], rows[dcol][ok]
+        if not prefix:
+            lo, hi = rows["Δ mIoU(%) lo"][ok], rows["Δ mIoU(%) hi"][ok]
+            err = np.vstack([y - lo, hi - y]) if np.isfinite(lo).all() else None
+            ax.errorbar(x, y, yerr=err, fmt="o", capsize=4, color="tab:blue")
+        else:
+            ax.plot(x, y, "s", color="tab:orange")
+        for xi, yi, name in zip(x, y, rows["Input size"][ok]):
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        skipped = list(rows["Input size"][~ok])
+        if skipped:
+            ax.text(0.02, 0.02, "adds no cost (not on the log axis): " + ", ".join(skipped),
+                    transform=ax.transAxes, fontsize=7)
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{cost} added to the Baseline ({UNITS[cost]})")
+        ax.set_ylabel("Δ mIoU to the Baseline (points)")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"{'Table 1' if table == 'table1' else 'Table 2'}: change to the searched Baseline", fontsize=11)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _stem(table: str, preset: str) -> str:
+    return f"ablation_{table}_{re.sub(r'[^A-Za-z0-9_-]+', '_', preset)}"
+
+
+def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | None = None,
+              seed: int | None = None, arch=None,
+              out_dir="runs/ablation", figures_dir=None, jobs: int = 1, progress: bool = False,
+              stem: str | None = None) -> dict:
+    """The whole ablation: baseline (searched, or ``arch``), rows × seeds retrained, costs, the table
+    (CSV/Markdown/LaTeX in ``figures_dir``, default ``out_dir``) and the Δ plot. Returns
+    ``{"table", "caption", "scores", "costs", "baseline", "paths", "figure", "wall_time_s", "label",
+    "chance_mIoU"}``."""
+    from hrnas.data.synthetic import read_marker
+    from hrnas.models import load_arch
+    from hrnas.tasks.runner import data_label, resolve_data_root
+    from hrnas.viz.tables import save_table
+
+    rows_of(table)
+    p = ablation_preset(preset)
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise UserError(f"--seeds {seeds}: give an integer >= 1")
+    root = resolve_data_root(TASK, p["recipe"], data_root)
+    start = time.perf_counter()
+    if arch is not None:
+        spec = check_baseline(load_arch(arch) if isinstance(arch, (str, Path)) else arch, str(arch))
+    else:
+        spec = baseline_arch(preset, root, out_dir, progress=progress, seed=seed)
+    scores = train_rows(table, spec, preset=preset, data_root=root, out_dir=out_dir, seeds=seeds, seed=seed,
+                        jobs=jobs, progress=progress)
+    costs = row_costs(table, spec)
+    synthetic = read_marker(root) is not None
+    label = data_label(synthetic, preset)
+    merged, caption = build_table(table, costs, scores, label)
+    chance = chance_miou(root)
+    caption += f" Chance level of our mIoU (a prediction ignoring the image, classes drawn from the training labels' frequencies): {chance:.2f} %."
+    figures_dir = Path(figures_dir if figures_dir is not None else out_dir)
+    stem = stem or _stem(table, preset)
+    paths = save_table(merged, stem, figures_dir, caption=caption, float_format=".3f")
+    fig = plot_deltas(merged, table, label, figures_dir / f"{stem}.png")
+    return {"table": merged, "caption": caption, "scores": scores, "costs": costs, "baseline": spec,
+            "paths": paths, "figure": fig, "wall_time_s": time.perf_counter() - start, "label": label,
+            "chance_mIoU": chance}
+
+
+def chance_miou(root) -> float:
+    """mIoU (%) of a prediction that ignores the image: every pixel's class drawn from the training
+    labels' class frequencies q, scored on the validation labels (frequencies p). Its expected IoU per
+    class is p·q / (p + q − p·q), averaged over the classes with a non-empty union (as the metric does)."""
+    from PIL import Image
+
+    def frequencies(split: str) -> np.ndarray:
+        counts = np.zeros(256, np.int64)
+        files = sorted((Path(root) / "gtFine" / split).glob("*/*_gtFine_labelTrainIds.png"))
+        if not files:
+            raise UserError(f"{root}: no gtFine/{split}/*/*_gtFine_labelTrainIds.png label files")
+        for f in files:
+            counts += np.bincount(np.asarray(Image.open(f)).ravel(), minlength=256)
+        counts = counts[:19].astype(float)
+        return counts / counts.sum()
+
+    p, q = frequencies("val"), frequencies("train")
+    union = p + q - p * q
+    present = union > 0
+    return float(100 * np.mean(p[present] * q[present] / union[present]))

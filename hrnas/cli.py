@@ -186,6 +186,41 @@ def run_export(args) -> int:
     return 0
 
 
+def _add_ablation(sub) -> None:
+    p = sub.add_parser("ablation", help="the supplement's Cityscapes ablation tables 1 and 2: a searched baseline, "
+                                        "each module added, retrained over seeds")
+    p.add_argument("table", metavar="TABLE", help="table1 (projection size s) or table2 (attention variants)")
+    p.add_argument("--data-root", type=Path, help="Cityscapes folder (default: the embedded synthetic miniature)")
+    p.add_argument("--preset", default="tiny", help="tiny | smoke | paper: the recipes of hrnas/configs/ablation.yaml "
+                                                   "(default tiny)")
+    p.add_argument("--seeds", type=int, help="retraining seeds per row (default: the preset's)")
+    p.add_argument("--arch", type=Path, help="use this searched Cityscapes network (JSON from `hrnas export`, no "
+                                             "attention) as the baseline instead of searching one")
+    p.add_argument("--jobs", type=int, default=1, help="retrainings run in parallel, one thread each (default 1)")
+    p.add_argument("--out", type=Path, default=Path("runs/ablation"),
+                   help="folder of the runs, the table (CSV, Markdown, LaTeX) and the plot (default runs/ablation)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_ablation(args) -> int:
+    from hrnas.ablation import rows_of, run_table
+
+    rows_of(args.table)
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: give an integer >= 1")
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give an integer >= 1")
+    if args.arch is not None and not args.arch.is_file():
+        raise UserError(f"--arch {args.arch}: no such file")
+    result = run_table(args.table, preset=args.preset, data_root=args.data_root, seeds=args.seeds, arch=args.arch,
+                       out_dir=args.out, jobs=args.jobs, progress=not args.no_progress)
+    print(result["caption"])
+    print(result["table"].iloc[:, :13].round(3).to_string(index=False))
+    print(json.dumps({"table": args.table, "files": [str(p) for p in result["paths"].values()],
+                      "wall_time_s": round(result["wall_time_s"], 1)}))
+    return 0
+
+
 def _add_reproduce(sub) -> None:
     from hrnas.reproduce import add_arguments
 
@@ -194,11 +229,12 @@ def _add_reproduce(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hrnas", description="HR-NAS reproduction: profile, data, search, train, eval, "
-                                                "export, reproduce")
+                                                "export, ablation, reproduce")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_profile(sub)
     _add_data(sub)
     _add_search_train_eval(sub)
+    _add_ablation(sub)
     _add_reproduce(sub)
     return parser
 
@@ -254,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(args)
         if args.command == "export":
             return run_export(args)
+        if args.command == "ablation":
+            return run_ablation(args)
         from hrnas.reproduce import run_from_args
 
         return run_from_args(args)

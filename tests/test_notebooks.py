@@ -227,11 +227,15 @@ def test_ablation_tables_have_the_papers_rows_and_columns(batch, name, table_nam
     table = pd.read_csv(f"{stem}.csv")
     assert list(table["Input size"]) == list(paper["variant"])
     assert table.columns[:6].tolist() == PAPER_COLUMNS
-    assert [f"paper {c}" for c in PAPER_COLUMNS[1:]] == table.columns[6:].tolist()
+    paper_columns = [f"paper {c}" for c in PAPER_COLUMNS[1:]] + ["paper Δ mIoU(%)"]
+    assert table.columns[-len(paper_columns):].tolist() == paper_columns
+    assert {"mIoU(%) std", "Δ mIoU(%)", "Δ mIoU(%) lo", "Δ mIoU(%) hi", "seeds"} <= set(table.columns)
+    assert (table["seeds"] == 2).all()  # the smoke preset's seeds
     np.testing.assert_allclose(table["paper mIoU(%)"], paper["miou"])
     np.testing.assert_allclose(table["paper FLOPs"], paper["flops_G"])
     assert table[PAPER_COLUMNS[1:]].notna().all().all(), "every number of ours is computed"
     assert (table["mIoU(%)"].between(0, 100)).all()
+    assert table["FLOPs"].iloc[0] == pytest.approx(1.863, rel=0.05)  # the searched baseline at the paper's cost
     # the transformer adds parameters, more with a larger projection / in channel mode
     assert table["Params"].iloc[0] < table["Params"].iloc[-1]
     md = Path(f"{stem}.md").read_text()

@@ -50,7 +50,13 @@ class NonLocal(nn.Module):
         self.g = nn.Conv2d(channels, inner, 1, bias=False)
         self.out = nn.Conv2d(inner, channels, 1, bias=False)
         self.norm = nn.BatchNorm2d(channels)
-        nn.init.zeros_(self.norm.weight)  # starts as an identity block, as in Wang et al. 2018
+        self.zero_init_output()
+
+    def zero_init_output(self) -> None:
+        """γ = 0 in the output BN: the block starts as the identity (Wang et al. 2018, §4.1). The network
+        initialisation (:func:`hrnas.models.factory.init_weights`) calls this again after setting every
+        other BN's γ to 1."""
+        nn.init.zeros_(self.norm.weight)
 
     def attention_macs(self, h: int, w: int) -> int:
         """MACs of θφᵀ and its product with g for an h×w input (keys/values pooled 2×2)."""

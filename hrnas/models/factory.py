@@ -26,6 +26,7 @@ import torch.nn as nn
 from hrnas import TASKS
 from hrnas.errors import UserError
 from hrnas.io import atomic_write_json
+from hrnas.models.attention import NonLocal
 from hrnas.models.heads import ClassificationHead, DenseHead
 from hrnas.models.hrnet import BlockFactory, HRNet
 from hrnas.models.layers import ACTIVATIONS, NormConfig
@@ -162,7 +163,8 @@ def init_weights(model: nn.Module, method: str) -> None:
     cross-entropy of 7.7 at initialisation instead of ln 10 = 2.3).
     ``heatmap`` (COCO keypoints): every conv N(0, 0.001), biases 0; linear layers are left as built
     (the transformers' Xavier), as the authors' heatmap init touches only convs and BNs.
-    BatchNorm γ = 1, β = 0 everywhere.
+    BatchNorm γ = 1, β = 0 everywhere except the Non-local blocks' output BN (γ = 0: each starts as
+    the identity, as in Wang et al. 2018).
     """
     for m in model.modules():
         if isinstance(m, LightweightTransformer):
@@ -190,6 +192,9 @@ def init_weights(model: nn.Module, method: str) -> None:
             if m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+    for m in model.modules():  # a Non-local block keeps its zero-initialised output BN (an identity at start)
+        if isinstance(m, NonLocal):
+            m.zero_init_output()
 
 
 def block_entry(name: str, block: SearchingBlock) -> dict:

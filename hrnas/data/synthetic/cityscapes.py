@@ -12,15 +12,17 @@ from hrnas.data.synthetic.scenes import paint_street, render
 
 DESCRIPTION = """
 Street scenes painted in one-point perspective: sky, skyline and facades (building, vegetation),
-terrain, sidewalks, road, walls/fences, poles with traffic signs/lights, depth-sorted cars, trucks,
-buses, persons and cyclists (bicycle + rider), an occasional ego-vehicle hood (id 1) and street
-furniture ('static', id 4), both ignored in training. Files per frame, as in the real gtFine release:
+terrain, sidewalks and road (one paving, told apart only by their side of the light kerb stripe),
+walls/fences, poles with traffic signs/lights, depth-sorted cars, trucks and buses (painted like
+facades: told from buildings by standing on the road), persons and cyclists (bicycle + rider), an
+occasional ego-vehicle hood (id 1) and street furniture ('static', id 4), both ignored in training.
+Files per frame, as in the real gtFine release:
 `leftImg8bit/<split>/<city>/<city>_<seq>_000019_leftImg8bit.png` and `gtFine/<split>/<city>/...`
 `_gtFine_labelIds.png` (L, ids 0-33), `_gtFine_labelTrainIds.png` (L, 0-18, 255 ignore),
 `_gtFine_instanceIds.png` (16-bit, id*1000+k for things), `_gtFine_color.png` (RGBA) and
 `_gtFine_polygons.json` (integer polygons in drawing order; rendering them gives the label PNGs).
 """
-VERSION = 1  # bump when the generated data changes: cached copies are regenerated
+VERSION = 2  # bump when the generated data changes: cached copies are regenerated
 
 PRESETS = {"smoke": {"size": (256, 128), "train": 4, "val": 2},
            "tiny": {"size": (512, 256), "train": 200, "val": 40}}

@@ -22,10 +22,13 @@ INDOOR_CLASSES = ("wall", "floor", "ceiling", "windowpane", "curtain", "door", "
 
 # texture amplitude and noise cell size (px) per class
 _TEXTURE = {"sky": (0.04, 32), "building": (0.12, 8), "vegetation": (0.35, 3), "terrain": (0.25, 4),
-            "sidewalk": (0.10, 6), "road": (0.07, 3), "wall": (0.10, 8), "fence": (0.15, 2),
+            "sidewalk": (0.08, 6), "road": (0.08, 6), "wall": (0.10, 8), "fence": (0.15, 2),
+            "car": (0.12, 8), "truck": (0.12, 8), "bus": (0.12, 8),
             "floor": (0.10, 6), "rug": (0.20, 3), "plant": (0.35, 3), "bed": (0.05, 16)}
-_CAR_COLOURS = ((25, 25, 28), (200, 200, 205), (140, 140, 145), (150, 20, 25), (30, 50, 120),
-                (230, 230, 230), (60, 70, 60))
+# Vehicles are painted like facades (same colours, texture and window grid): whether a box is a car or
+# a building is decided by the layout, standing on the road or rising from the sidewalk's outer edge.
+_FACADE_COLOURS = ((160, 150, 135), (130, 90, 70), (185, 180, 170), (110, 110, 115))
+_FACADE_CLASSES = ("building", "car", "truck", "bus")
 
 
 @dataclass
@@ -108,7 +111,7 @@ def paint_street(rng: np.random.Generator, width: int, height: int) -> Scene:
             y1, y2 = row(k), row(k2)
             if kind == "building":
                 sc.add("building", [(x1, y1), (x2, y2), (x2, y2 - h_m * ppm * k2), (x1, y1 - h_m * ppm * k)],
-                       _jitter(rng, rng.choice([(160, 150, 135), (130, 90, 70), (185, 180, 170), (110, 110, 115)]), 12))
+                       _jitter(rng, _FACADE_COLOURS[rng.integers(len(_FACADE_COLOURS))], 12))
             elif kind == "vegetation":
                 n = 12
                 ts = np.linspace(0, 1, n)
@@ -116,9 +119,16 @@ def paint_street(rng: np.random.Generator, width: int, height: int) -> Scene:
                         * rng.uniform(0.75, 1.15)) for t in ts]
                 sc.add("vegetation", [(x1, y1), (x2, y2)] + top[::-1], _jitter(rng, (65, 100, 40), 14))
             k = k2
-    sc.add("sidewalk", [(xv - 1, yh), (outer_l, H + 1), (road_l, H + 1)], _jitter(rng, (150, 145, 140), 10))
-    sc.add("sidewalk", [(xv + 1, yh), (road_r, H + 1), (outer_r, H + 1)], _jitter(rng, (150, 145, 140), 10))
-    sc.add("road", [(xv - 1, yh), (xv + 1, yh), (road_r, H + 1), (road_l, H + 1)], _jitter(rng, (85, 85, 90), 8))
+    # Road and sidewalks share one paving (colour and texture): only their place in the scene tells them
+    # apart, i.e. which side of the curb (a thin light kerb stripe, part of the sidewalk) and how far
+    # from the vanishing point a pixel lies; context beyond a few blocks' receptive field.
+    paving = _jitter(rng, rng.choice([(95, 95, 100), (120, 115, 110), (140, 135, 130)]), 8)
+    sc.add("sidewalk", [(xv - 1, yh), (outer_l, H + 1), (road_l, H + 1)], paving)
+    sc.add("sidewalk", [(xv + 1, yh), (road_r, H + 1), (outer_r, H + 1)], paving)
+    sc.add("road", [(xv - 1, yh), (xv + 1, yh), (road_r, H + 1), (road_l, H + 1)], paving)
+    kerb = 0.004 * W
+    for edge in (road_l, road_r):
+        sc.add("sidewalk", [(xv, yh), (edge - kerb, H + 1), (edge + kerb, H + 1)], np.clip(paving * 1.35, 0, 255))
 
     for side, outer, inner in (("left", outer_l, road_l), ("right", outer_r, road_r)):
         if rng.random() < 0.5:                    # wall or fence along the outer sidewalk edge
@@ -169,15 +179,15 @@ def paint_street(rng: np.random.Generator, width: int, height: int) -> Scene:
                 body = 0.55 * h
                 poly = [(cx - w / 2, base), (cx + w / 2, base), (cx + w / 2, base - body),
                         (cx + 0.35 * w, base - h), (cx - 0.35 * w, base - h), (cx - w / 2, base - body)]
-                colour = _CAR_COLOURS[rng.integers(len(_CAR_COLOURS))]
+                colour = _FACADE_COLOURS[rng.integers(len(_FACADE_COLOURS))]
             else:
                 w, h = 2.5 * s, rng.uniform(3.0, 3.4) * s
                 poly = _rect(cx - w / 2, base - h, cx + w / 2, base)
                 if kind == "truck":
                     poly = [(cx - w / 2, base), (cx + w / 2, base), (cx + w / 2, base - h),
                             (cx - w / 2, base - h), (cx - w / 2, base - 0.5 * h)]
-                colour = (200, 50, 40) if kind == "bus" else (205, 205, 200)
-            sc.add(kind, poly, _jitter(rng, colour, 15))
+                colour = _FACADE_COLOURS[rng.integers(len(_FACADE_COLOURS))]
+            sc.add(kind, poly, _jitter(rng, colour, 12))
         elif kind == "person":
             edge_l, edge_r = along(outer_l, k), along(road_l, k)
             if u < 0:
@@ -329,8 +339,8 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     noise = np.where(cells[obj] <= 4, fine, coarse)
     rgb *= (1.0 + amp[obj] * noise)[..., None]
     ys, xs = np.mgrid[0:H, 0:W]
-    if scene.kind == "street":                    # building windows and a bright sky near the horizon
-        is_building = np.array([c == "building" for c in classes])[obj]
+    if scene.kind == "street":                    # window grid on facades (and vehicles), bright sky near the horizon
+        is_building = np.array([c in _FACADE_CLASSES for c in classes])[obj]
         period = max(4, H // 24)
         windows = ((xs % period) < period // 2) & ((ys % period) < period // 2)
         rgb[is_building & windows] *= 0.7
