@@ -206,7 +206,7 @@ class SearchingBlock(nn.Module):
 
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel paths: fused expand, per-kernel depthwise, fused projection (and SE)."""
-        if self.fast_paths:
+        if self.fast_paths and isinstance(self.expand_bn, PathBatchNorm):  # (SyncBatchNorm replaces it)
             hidden = self.expand_bn(self.expand(x, self.hidden))
             paths = [self.act(bn(dw(self.act(h)))) for h, dw, bn in zip(hidden, self.dw, self.dw_bn)]
         else:  # the plain computation: one expand tensor, channel slices of it, stock convolutions
