@@ -17,22 +17,23 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("k,stride,width", [(3, 1, 20), (5, 1, 20), (7, 1, 21), (5, 2, 20), (7, 2, 21)])
-def test_depthwise_strips_match_conv2d(k, stride, width):
+@pytest.mark.parametrize("k,stride,width,height", [(3, 1, 20, 17), (5, 1, 20, 17), (7, 1, 21, 17), (5, 2, 20, 17),
+                                                   (7, 2, 21, 17), (7, 1, 64, 1), (5, 1, 2, 40), (7, 1, 3, 30)])
+def test_depthwise_strips_match_conv2d(k, stride, width, height):
     torch.manual_seed(k + stride)
     channels = 12
-    x64 = torch.randn(2, channels, 17, width, dtype=torch.float64)
+    x64 = torch.randn(2, channels, height, width, dtype=torch.float64)
     w64 = torch.randn(channels, 1, k, k, dtype=torch.float64)
     ref_x, ref_w = (t.clone().requires_grad_() for t in (x64, w64))
     ref = F.conv2d(ref_x, ref_w, stride=stride, padding=k // 2, groups=channels)
     g = torch.randn_like(ref)
     ref.backward(g)
     # float32, channels_last, a channel slice of a wider tensor as in the block
-    wide = torch.randn(2, channels + 5, 17, width).contiguous(memory_format=CL)
+    wide = torch.randn(2, channels + 5, height, width).contiguous(memory_format=CL)
     wide[:, 3:3 + channels] = x64.float()
     x = wide[:, 3:3 + channels].detach().requires_grad_()
     w = w64.float().requires_grad_()
-    assert uses_strips(x, w) == (k > 3)
+    assert uses_strips(x, w, stride) == (k > 3 and stride == 1)
     out = depthwise_conv2d(x, w, stride, k // 2)
     out.backward(g.float())
     assert _rel(out, ref) < 1e-6
@@ -43,11 +44,14 @@ def test_depthwise_strips_match_conv2d(k, stride, width):
 
 def test_strips_are_not_used_where_they_do_not_apply():
     w = torch.randn(4, 1, 7, 7, requires_grad=True)
-    assert not uses_strips(torch.randn(2, 4, 8, 8), w)  # NCHW
-    assert not uses_strips(torch.randn(2, 4, 8, 8, dtype=torch.float64).contiguous(memory_format=CL),
-                           w.double())
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=CL)
+    assert uses_strips(x, w, 1)
+    assert not uses_strips(x, w, 2)
+    assert not uses_strips(x[..., :7], w, 1)  # fewer than 64 pixels
+    assert not uses_strips(x.contiguous(), w, 1)  # NCHW
+    assert not uses_strips(x.double(), w.double(), 1)
     with torch.no_grad():
-        assert not uses_strips(torch.randn(2, 4, 8, 8).contiguous(memory_format=CL), w)
+        assert not uses_strips(x, w, 1)
 
 
 def test_path_expansion_and_bn_equal_one_conv_and_bn():
