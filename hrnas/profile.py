@@ -184,6 +184,7 @@ def _hooked_macs(net: nn.Module, x: torch.Tensor, parts: dict, convention: str) 
     def conv_hook(part):
         def hook(m, inp, out):
             k = m.kernel_size[0] * m.kernel_size[1]
+            out = out[0] if isinstance(out, list) else out  # PathExpansion: per-path outputs, one size
             parts[part]["macs"] += m.in_channels * m.out_channels * k * out.shape[2] * out.shape[3] // m.groups
         return hook
 

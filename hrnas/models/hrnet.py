@@ -156,6 +156,14 @@ class HRNet(nn.Module):
         for _, block in self.searching_blocks():
             block.grad_checkpointing = enable
 
+    def set_fast_paths(self, enable: bool = True) -> None:
+        """Compute the searching blocks' kernel paths the fast way (default: per-path expand outputs,
+        strip-wise depthwise weight gradients; ``hrnas.models.searching_block.PathExpansion``,
+        ``hrnas.models.depthwise``) or the plain way (one expand tensor sliced per path, stock
+        convolutions). Same parameters, outputs and gradients up to float rounding (tested)."""
+        for _, block in self.searching_blocks():
+            block.fast_paths = enable
+
     def searching_blocks(self) -> Iterator[tuple[str, SearchingBlock]]:
         """(name, block) in the architecture spec's order (construction order)."""
         by_name = {m.block_name: m for m in self.modules() if isinstance(m, SearchingBlock)}

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from hrnas.models.attention import NonLocal, SqueezeExcite
+from hrnas.models.depthwise import DepthwiseConv2d
 from hrnas.models.layers import NormConfig, make_activation
 from hrnas.models.transformer import LightweightTransformer
 
@@ -87,6 +88,46 @@ class SEConfig:
         return self.ratio is not None and _placed(self.placement, inp, oup, stride)
 
 
+class PathExpansion(nn.Conv2d):
+    """The paths' 1×1 expand convs as one conv to Σh_k channels (one weight, so the search shrinks it like
+    any conv). Given the paths' widths it is applied path by path, each path's hidden features coming out
+    as a tensor of their own in the input's memory layout: the depthwise convs then read them without the
+    copy that a channel slice of one channels_last tensor costs, and the backward pass needs no
+    concatenation of the paths' gradients."""
+
+    def __init__(self, inp: int, hidden: int):
+        super().__init__(inp, hidden, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, widths: Sequence[int] | None = None):
+        if widths is None:
+            return super().forward(x)
+        return [F.conv2d(x, w) for w in self.weight.split(list(widths), dim=0)]
+
+
+class PathBatchNorm(nn.BatchNorm2d):
+    """One BN over the concatenated hidden channels of the paths, applied to the paths one by one (a
+    per-channel BN, so the same result): its statistics and parameters are slices of one set of buffers."""
+
+    def forward(self, x):
+        if isinstance(x, torch.Tensor):
+            return super().forward(x)
+        momentum = self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or self.running_mean is None
+        keep_stats = not self.training or self.track_running_stats
+        out, start = [], 0
+        for p in x:
+            c = slice(start, start + p.shape[1])
+            start = c.stop
+            out.append(F.batch_norm(p, self.running_mean[c] if keep_stats else None,
+                                    self.running_var[c] if keep_stats else None, self.weight[c], self.bias[c],
+                                    use_batch_stats, momentum or 0.0, self.eps))
+        return out
+
+
 class PathProjection(nn.Conv2d):
     """The paths' 1×1 projections as one conv over their concatenated hidden channels (one weight, so the
     search shrinks it like any conv), applied to the paths one by one and summed: the same result as
@@ -129,9 +170,9 @@ class SearchingBlock(nn.Module):
         self.act = make_activation(act)
         total = sum(self.hidden)
         if total:
-            self.expand = nn.Conv2d(inp, total, 1, bias=False)
-            self.expand_bn = norm.bn(total)
-            self.dw = nn.ModuleList(nn.Conv2d(h, h, k, stride, k // 2, groups=h, bias=False) for k, h in live)
+            self.expand = PathExpansion(inp, total)
+            self.expand_bn = PathBatchNorm(total, eps=norm.eps, momentum=norm.momentum)
+            self.dw = nn.ModuleList(DepthwiseConv2d(h, k, stride) for k, h in live)
             self.dw_bn = nn.ModuleList(norm.bn(h) for h in self.hidden)
             self.project = PathProjection(total, oup)
             self.project_bn = norm.bn(oup)
@@ -144,6 +185,7 @@ class SearchingBlock(nn.Module):
         self.shortcut = (nn.Identity() if self.residual else
                          nn.Conv2d(inp, oup, 1, stride, groups=math.gcd(inp, oup), bias=False))
         self.grad_checkpointing = False  # recompute the kernel paths in backward (HRNet.set_grad_checkpointing)
+        self.fast_paths = True  # per-path expand and strip depthwise gradients (HRNet.set_fast_paths)
         self.transformer = self.non_local = None
         attention = attention or AttentionConfig(type="none")
         if attention.applies_to(inp, oup, stride):
@@ -164,8 +206,13 @@ class SearchingBlock(nn.Module):
 
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel paths: fused expand, per-kernel depthwise, fused projection (and SE)."""
-        h = self.act(self.expand_bn(self.expand(x)))
-        paths = [self.act(bn(dw(p))) for p, dw, bn in zip(h.split(self.hidden, dim=1), self.dw, self.dw_bn)]
+        if self.fast_paths and isinstance(self.expand_bn, PathBatchNorm):  # (SyncBatchNorm replaces it)
+            hidden = self.expand_bn(self.expand(x, self.hidden))
+            paths = [self.act(bn(dw(self.act(h)))) for h, dw, bn in zip(hidden, self.dw, self.dw_bn)]
+        else:  # the plain computation: one expand tensor, channel slices of it, stock convolutions
+            h = self.act(self.expand_bn(self.expand(x)))
+            paths = [self.act(bn(nn.Conv2d.forward(dw, p)))
+                     for p, dw, bn in zip(h.split(self.hidden, dim=1), self.dw, self.dw_bn)]
         if self.se_on == "hidden":  # SE over the concatenated hidden channels (the authors' fused block)
             paths = self.se(paths)
         y = self.project_bn(self.project(paths))
