@@ -370,11 +370,12 @@ def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | 
     p = ablation_preset(preset)
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise UserError(f"--seeds {seeds}: give an integer >= 1")
-    root = resolve_data_root(TASK, p["recipe"], data_root)
-    start = time.perf_counter()
+    spec = None  # a given arch is checked before any data is generated or read
     if arch is not None:
         spec = check_baseline(load_arch(arch) if isinstance(arch, (str, Path)) else arch, str(arch))
-    else:
+    root = resolve_data_root(TASK, p["recipe"], data_root)
+    start = time.perf_counter()
+    if spec is None:
         spec = baseline_arch(preset, root, out_dir, progress=progress, seed=seed)
     scores = train_rows(table, spec, preset=preset, data_root=root, out_dir=out_dir, seeds=seeds, seed=seed,
                         jobs=jobs, progress=progress)
