@@ -360,7 +360,7 @@ def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | 
     """The whole ablation: baseline (searched, or ``arch``), rows × seeds retrained, costs, the table
     (CSV/Markdown/LaTeX in ``figures_dir``, default ``out_dir``) and the Δ plot. Returns
     ``{"table", "caption", "scores", "costs", "baseline", "paths", "figure", "wall_time_s", "label",
-    "chance_mIoU"}``."""
+    "chance_mIoU", "synthetic"}``."""
     from hrnas.data.synthetic import read_marker
     from hrnas.models import load_arch
     from hrnas.tasks.runner import data_label, resolve_data_root
@@ -391,7 +391,7 @@ def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | 
     fig = plot_deltas(merged, table, label, figures_dir / f"{stem}.png")
     return {"table": merged, "caption": caption, "scores": scores, "costs": costs, "baseline": spec,
             "paths": paths, "figure": fig, "wall_time_s": time.perf_counter() - start, "label": label,
-            "chance_mIoU": chance}
+            "chance_mIoU": chance, "synthetic": synthetic}
 
 
 def chance_miou(root) -> float:
