@@ -256,9 +256,10 @@ def main(argv=None) -> int:
         check_overrides(args.out, args.overrides)
     except UserError as exc:
         p.error(str(exc))
+    commit = git_commit()  # the code the runs start with (not what the tree holds when they end)
     failed = run_all(args.out, tasks, seeds, args.preset, args.jobs, args.overrides)
     rows = summarize(collect(args.out, tasks, seeds))
-    stamp = {"machine": machine(args.jobs), "commit": git_commit(),
+    stamp = {"machine": machine(args.jobs), "commit": commit,
              "date": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
     write_summary(args.out, rows, stamp, args.preset, failed, args.overrides)
     print(f"wrote {args.out / 'summary.csv'} and {args.out / 'summary.md'}")
