@@ -62,7 +62,8 @@ def bench(preset: str, steps: int, workers: int, batch: int | None, task: str = 
         trainer = Trainer(get_task(cfg), cfg, run_dir, data_root=root, progress=False, meta={"mode": "bench"})
         images_s, step_s = train_rate(trainer, steps)
         load_s = loader_rate(trainer, max(steps, 4))
-    crop = "x".join(str(v) for v in cfg["data"].get("crop_size") or ()) or "-"
+    size = cfg["data"].get("crop_size") or cfg["data"].get("input_size") or "-"
+    crop = "x".join(str(v) for v in size) if isinstance(size, (list, tuple)) else str(size)
     return {"task": task, "preset": preset, "crop": crop, "batch": cfg["data"]["batch_size"], "workers": workers,
             "expand_ratio": cfg["model"]["expand_ratio"], "tokens": cfg["model"]["tokens"],
             "train_images_per_s": round(images_s, 3), "seconds_per_step": round(step_s, 2),
