@@ -49,7 +49,7 @@ def parse_variant(name: str) -> dict:
     parts = name.split("-")
     if len(parts) < 2 or parts[0] not in DTYPES or parts[1] not in LAYOUTS or any(f not in FLAGS for f in parts[2:]):
         raise ValueError(f"variant {name!r}: expected <{'|'.join(DTYPES)}>-<{'|'.join(LAYOUTS)}>"
-                         f"[-{']['.join(FLAGS)}]")
+                         + "".join(f"[-{f}]" for f in FLAGS))
     return {"dtype": parts[0], "layout": parts[1], **{f: f in parts[2:] for f in FLAGS}}
 
 

@@ -47,7 +47,7 @@ def _batch_size(batch) -> int:
     return int(batch[0].shape[0])
 
 
-def bench(preset: str, steps: int, workers: int, batch: int | None) -> dict:
+def bench(preset: str, steps: int, workers: int, batch: int | None, task: str = "cityscapes") -> dict:
     from hrnas.data import ensure_dataset
     from hrnas.engine.config import load_config
     from hrnas.engine.trainer import Trainer
@@ -57,15 +57,16 @@ def bench(preset: str, steps: int, workers: int, batch: int | None) -> dict:
     overrides = [f"data.num_workers={workers}", "eval.bn_calib_batches=0"]
     if batch is not None:
         overrides.append(f"data.batch_size={batch}")
-    cfg = load_config("cityscapes", preset, overrides)
-    root = ensure_dataset("cityscapes", "tiny")
+    cfg = load_config(task, preset, overrides)
+    root = ensure_dataset(task, "tiny")
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(get_task(cfg), cfg, run_dir, data_root=root, hooks=search_hooks(cfg), progress=False,
                           meta={"mode": "bench"})
         images_s, step_s = train_rate(trainer, steps)
         load_s = loader_rate(trainer, max(steps, 4))
-    crop = "x".join(str(v) for v in cfg["data"]["crop_size"])
-    return {"preset": preset, "crop": crop, "batch": cfg["data"]["batch_size"], "workers": workers,
+    size = cfg["data"].get("crop_size") or cfg["data"].get("input_size") or "-"
+    crop = "x".join(str(v) for v in size) if isinstance(size, (list, tuple)) else str(size)
+    return {"task": task, "preset": preset, "crop": crop, "batch": cfg["data"]["batch_size"], "workers": workers,
             "expand_ratio": cfg["model"]["expand_ratio"], "tokens": cfg["model"]["tokens"],
             "train_images_per_s": round(images_s, 3), "seconds_per_step": round(step_s, 2),
             "loader_images_per_s": round(load_s, 2), "loader_headroom": round(load_s / images_s, 1)}
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--paper-batch", type=int, default=2, help="batch of the paper preset on the CPU")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--task", default="cityscapes", help="task of the tiny preset (the paper preset: cityscapes)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -87,7 +89,7 @@ def main() -> None:
     for preset in args.presets:
         paper = preset == "paper"
         rows.append(bench(preset, args.paper_steps if paper else args.steps, args.workers,
-                          args.paper_batch if paper else None))
+                          args.paper_batch if paper else None, "cityscapes" if paper else args.task))
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "cpu"}
     if args.json:
         print(json.dumps({"machine": info, "results": rows}))

@@ -88,3 +88,22 @@ def test_from_config_follows_the_switches():
     ema = ModelEMA.from_config(_net(0), load_config("imagenet", "paper",
                                                     ["ema.batch_adjust=false", "ema.warmup_cap=false"]))
     assert ema.decay == 0.9999 and ema.current_decay() == 0.9999
+
+
+def test_update_of_many_tensors_equals_the_formula_bit_for_bit():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    ema = ModelEMA(net, decay=0.99, warmup_cap=False)
+    expected = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for _ in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_var.mul_(1.5)
+            net[1].num_batches_tracked.add_(1)
+        ema.update(net)
+        for k, v in net.state_dict().items():
+            expected[k] = expected[k].mul(0.99).add(v, alpha=0.01) if v.is_floating_point() else v.clone()
+    for k, v in ema.shadow.items():
+        assert torch.equal(v, expected[k]), k
+    assert int(ema.shadow["1.num_batches_tracked"]) == 3

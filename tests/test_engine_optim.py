@@ -178,3 +178,32 @@ def test_build_optimizer_from_config():
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-2, 0.0]
     opt = build_optimizer_from_config(net, load_config("cityscapes", "paper"))
     assert type(opt) is torch.optim.Adam and opt.param_groups[0]["eps"] == 1e-3
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.9, 0.0), (0.0, 1e-2), (0.9, 4e-5)])
+def test_rmsprop_tf_all_parameters_at_once_equal_one_at_a_time(momentum, weight_decay):
+    """The foreach update is bit for bit the per-tensor formula (written out here), over several steps,
+    with a parameter that has no gradient left untouched."""
+    torch.manual_seed(0)
+    params = [torch.randn(s, requires_grad=True) for s in ((3, 4), (7,), (2, 3, 5), (1,))]
+    ref = [p.detach().clone() for p in params]
+    sq = [torch.zeros_like(p) for p in ref]
+    buf = [torch.zeros_like(p) for p in ref]
+    opt = RMSpropTF(params, lr=0.05, alpha=0.9, eps=1e-3, momentum=momentum, weight_decay=weight_decay)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in ref]
+        for i, (p, g) in enumerate(zip(params, grads)):
+            p.grad = None if i == 3 else g.clone()
+        opt.step()
+        for i in range(3):
+            g = grads[i].add(ref[i], alpha=weight_decay) if weight_decay else grads[i]
+            sq[i].mul_(0.9).addcmul_(g, g, value=0.1)
+            avg = sq[i].add(1e-3).sqrt_()
+            if momentum:
+                buf[i].mul_(momentum).addcdiv_(g, avg)
+                ref[i].add_(buf[i], alpha=-0.05)
+            else:
+                ref[i].addcdiv_(g, avg, value=-0.05)
+    for p, r in zip(params, ref):
+        assert torch.equal(p.detach(), r)
+    assert opt.state[params[0]]["step"] == 3 and params[3] not in opt.state

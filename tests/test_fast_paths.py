@@ -18,7 +18,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("k,stride,width,height", [(3, 1, 20, 17), (5, 1, 20, 17), (7, 1, 21, 17), (5, 2, 20, 17),
-                                                   (7, 2, 21, 17), (7, 1, 64, 1), (5, 1, 2, 40), (7, 1, 3, 30)])
+                                                   (7, 2, 21, 17), (7, 1, 64, 1), (5, 1, 5, 13), (7, 1, 7, 10)])
 def test_depthwise_strips_match_conv2d(k, stride, width, height):
     torch.manual_seed(k + stride)
     channels = 12
@@ -34,6 +34,7 @@ def test_depthwise_strips_match_conv2d(k, stride, width, height):
     x = wide[:, 3:3 + channels].detach().requires_grad_()
     w = w64.float().requires_grad_()
     assert uses_strips(x, w, stride) == (k > 3 and stride == 1)
+    assert not uses_strips(wide[..., :k - 1].repeat(1, 1, 64, 1), w, 1)  # fewer columns than the kernel
     out = depthwise_conv2d(x, w, stride, k // 2)
     out.backward(g.float())
     assert _rel(out, ref) < 1e-6

@@ -230,6 +230,27 @@ def test_taskrun_search_and_evaluation(imagenet_run):
     assert "no retraining" in run.describe_evaluation() and "4 steps" in run.describe_search()
 
 
+def test_calibrated_network_without_metrics_and_a_run_without_its_network(imagenet_run):
+    """What notebook 20 uses: the evaluated network without a pass over the val split (the same BN
+    re-calibration, so the same weights and predictions), and a run opened without its checkpoint."""
+    import torch
+
+    from hrnas.tasks.runner import evaluate_checkpoint, load_run
+
+    run, _, _ = imagenet_run
+    info, prepared = evaluate_checkpoint("imagenet", run.final_dir, data_root=run.data_root, return_model=True,
+                                         metrics=False)
+    assert set(info) == {"checkpoint", "step"} and info["step"] == run.evaluation["step"]
+    evaluated = run.evaluated.net.state_dict()
+    for name, value in prepared.net.state_dict().items():
+        assert torch.equal(value, evaluated[name]), name
+    with pytest.raises(UserError, match="metrics=False needs return_model=True"):
+        evaluate_checkpoint("imagenet", run.final_dir, data_root=run.data_root, metrics=False)
+    opened = load_run(run.final_dir, network=False)
+    assert opened.net is None and opened.step == run.evaluation["step"] and opened.label == run.label
+    assert type(opened.task) is type(prepared.task) and opened.data_root == prepared.data_root
+
+
 def test_taskrun_evaluate_prints_the_network_and_the_expected_range(imagenet_run):
     run, _, lines = imagenet_run
     assert lines[0].startswith("evaluated the searched network (no retraining):")

@@ -144,6 +144,10 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(data_dir, tmp_path, mon
     assert (broken / "arch.json").read_text() == (whole / "arch.json").read_text()
     resumed = json.loads((broken / "run.json").read_text())
     assert resumed["resumed_from_step"] == 2 and resumed["status"] == "finished"
+    # throughput of this session's steps: 4 steps in the whole run, 2 after the resume (smoke batch 2)
+    whole_tp = json.loads((whole / "run.json").read_text())["throughput"]
+    assert whole_tp["train_steps_timed"] == 4 and resumed["throughput"]["train_steps_timed"] == 2
+    assert whole_tp["train_images_per_s"] > 0 and whole_tp["peak_memory_gib"] > 0.1
     a, b = load_checkpoint(find_latest(whole)), load_checkpoint(find_latest(broken))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # resuming with other settings, or starting over in a run directory, is refused in one line

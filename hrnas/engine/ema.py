@@ -72,15 +72,20 @@ class ModelEMA:
         tensors = self._tensors(model)
         self._check_keys(tensors)
         d = self.current_decay()
+        floats, currents = [], []
         for name, cur in tensors.items():
             avg = self.shadow[name]
             if avg.shape != cur.shape:
                 raise ValueError(f"EMA shadow {name!r} has shape {tuple(avg.shape)}, model has "
                                  f"{tuple(cur.shape)}")
             if avg.is_floating_point():
-                avg.mul_(d).add_(cur.detach().to(avg.dtype), alpha=1.0 - d)
+                floats.append(avg)
+                currents.append(cur.detach() if cur.dtype == avg.dtype else cur.detach().to(avg.dtype))
             else:
                 avg.copy_(cur)
+        if floats:  # avg = d·avg + (1 - d)·cur for all at once (the same arithmetic as one by one)
+            torch._foreach_mul_(floats, d)
+            torch._foreach_add_(floats, currents, alpha=1.0 - d)
         self.num_updates += 1
         return d
 

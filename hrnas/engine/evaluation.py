@@ -69,10 +69,12 @@ def bn_calibrate(model: nn.Module, loader, batches: int, task, device, channels_
 
 
 def evaluate_model(task, model: nn.Module, cfg: dict, *, val_loader, calib_loader, device, channels_last: bool,
-                   calib_seed: int = 0, out_dir=None, progress: bool = False, copy_model: bool = True) -> dict:
+                   calib_seed: int = 0, out_dir=None, progress: bool = False, copy_model: bool = True,
+                   metrics: bool = True) -> dict:
     """Evaluate ``model`` (BN re-calibration when ``eval.bn_calib_batches`` > 0, on batches drawn with
     ``calib_seed``, then ``task.evaluate``). The caller's RNG state is left untouched, and so is the
-    model unless ``copy_model=False`` (then its BN statistics are re-estimated in place)."""
+    model unless ``copy_model=False`` (then its BN statistics are re-estimated in place).
+    ``metrics=False``: stop after the re-calibration (returns ``{}``; ``val_loader`` is not read)."""
     rng = get_rng_state()
     try:
         model = task.prepare_eval_model(copy.deepcopy(model) if copy_model else model)
@@ -84,6 +86,8 @@ def evaluate_model(task, model: nn.Module, cfg: dict, *, val_loader, calib_loade
             reseed_augmentation(calib_loader.dataset, calib_seed)
             bn_calibrate(model, calib_loader, calib, task, device, channels_last)
         model.eval()
+        if not metrics:
+            return {}
         return task.evaluate(model, val_loader, device, channels_last, out_dir=out_dir, progress=progress)
     finally:
         set_rng_state(rng)

@@ -59,14 +59,10 @@ class RMSpropTF(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             alpha, eps, mom = group["alpha"], group["eps"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("RMSpropTF does not support sparse gradients")
-                grad = p.grad
-                if group["weight_decay"] != 0:
-                    grad = grad.add(p, alpha=group["weight_decay"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("RMSpropTF does not support sparse gradients")
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
@@ -74,15 +70,25 @@ class RMSpropTF(torch.optim.Optimizer):
                     if mom > 0:
                         state["momentum_buffer"] = torch.zeros_like(p)
                 state["step"] += 1
-                square_avg = state["square_avg"]
-                square_avg.mul_(alpha).addcmul_(grad, grad, value=1.0 - alpha)
-                avg = square_avg.add(eps).sqrt_()
-                if mom > 0:
-                    buf = state["momentum_buffer"]
-                    buf.mul_(mom).addcdiv_(grad, avg)
-                    p.add_(buf, alpha=-group["lr"])
-                else:
-                    p.addcdiv_(grad, avg, value=-group["lr"])
+            if not params:
+                continue
+            # the update of every parameter at once (torch._foreach_*: the same per-element arithmetic
+            # as one tensor at a time, without a Python loop over thousands of small tensors)
+            grads = [p.grad for p in params]
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            square_avgs = [self.state[p]["square_avg"] for p in params]
+            torch._foreach_mul_(square_avgs, alpha)
+            torch._foreach_addcmul_(square_avgs, grads, grads, value=1.0 - alpha)
+            avgs = torch._foreach_add(square_avgs, eps)
+            torch._foreach_sqrt_(avgs)
+            if mom > 0:
+                bufs = [self.state[p]["momentum_buffer"] for p in params]
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_addcdiv_(bufs, grads, avgs)
+                torch._foreach_add_(params, bufs, alpha=-group["lr"])
+            else:
+                torch._foreach_addcdiv_(params, grads, avgs, value=-group["lr"])
         return loss
 
 

@@ -88,8 +88,11 @@ class Trainer:
         self.meta = dict(meta or {})
         info = D.init_distributed()
         self.device, self.rank, self.world = info.device, info.rank, info.world_size
-        self.cuda = self.device.type == "cuda"
         t = cfg["train"]
+        self.device = _training_device(t["device"], self.device, self.world)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = bool(t["cudnn_benchmark"])
         self.progress = progress and t["progress"] and D.is_main()
         # train.amp: float16 autocast with a GradScaler, or bfloat16 autocast (no scaler); CUDA only
         self.amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[t["amp"]] if self.cuda else None
@@ -119,6 +122,7 @@ class Trainer:
         for hook in self.hooks:
             hook.setup(self)
         self.step, self.elapsed = 0, 0.0
+        self._train_s, self._train_steps, self._train_images = 0.0, 0, 0  # this session's steps (run.json: throughput)
         self.best: dict | None = None
         self.last_metrics: dict = {}
         self.acc = self._zero_acc()
@@ -361,7 +365,10 @@ class Trainer:
                     if self.step >= total:
                         break
                     step = self.step + 1
-                    logs = self.train_step(batch, step)
+                    t0 = time.perf_counter()
+                    logs = self.train_step(batch, step)  # (it reads the loss: a CUDA device is synchronised)
+                    self._train_s += time.perf_counter() - t0
+                    self._train_steps, self._train_images = self._train_steps + 1, self._train_images + _batch_size(batch)
                     self.step = step
                     self.acc["n"] += 1
                     self.acc["loss"] += logs["loss"]
@@ -437,6 +444,16 @@ class Trainer:
                 "git_commit": git_info()["commit"], "config": self.cfg, "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps, "step": self.step, **extra}
 
+    def _throughput(self) -> dict:
+        """Training images/s of this session's steps (all processes) and this process's peak memory."""
+        import resource
+
+        peak = (torch.cuda.max_memory_allocated(self.device) if self.cuda else
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return {"train_images_per_s": round(self._train_images * self.world / self._train_s, 3) if self._train_s else None,
+                "train_steps_timed": self._train_steps, "peak_memory_gib": round(peak / 2 ** 30, 3),
+                "peak_memory_kind": "cuda max_memory_allocated" if self.cuda else "process max RSS"}
+
     def _finish(self) -> dict:
         from hrnas.models import save_arch, spec_of
 
@@ -452,6 +469,27 @@ class Trainer:
             hook_records = {k: v for hook in self.hooks for k, v in hook.record().items()}
             atomic_write_json(self.run_dir / "run.json", self._run_record(
                 "finished", wall_time_s=wall, metrics=metrics, best=best, profile=prof, arch=arch,
-                final_arch=spec_of(self.searchable), **hook_records))
+                final_arch=spec_of(self.searchable), throughput=self._throughput(), **hook_records))
         D.barrier()
         return result
+
+
+def _batch_size(batch) -> int:
+    """Samples in a training batch: the leading dimension of its first tensor (tuple or dict batches)."""
+    first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values())) if isinstance(batch, dict) else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 0
+
+
+def _training_device(choice: str, default: torch.device, world: int) -> torch.device:
+    """``train.device``: auto = the process's device (CUDA when available), cpu, or cuda."""
+    if choice not in ("auto", "cpu", "cuda"):
+        raise UserError(f"train.device: unknown value '{choice}'; accepted: auto, cpu, cuda")
+    if choice == "cuda" and default.type != "cuda":
+        raise UserError(f"train.device=cuda: CUDA is not available (torch {torch.__version__}, CUDA build "
+                        f"{torch.version.cuda}, {torch.cuda.device_count()} devices visible); use train.device=auto or cpu")
+    if choice == "cpu" and default.type == "cuda":
+        if world > 1:
+            raise UserError("train.device=cpu under torchrun on a CUDA machine: the process group uses NCCL; "
+                            "hide the GPUs (CUDA_VISIBLE_DEVICES=) instead")
+        return torch.device("cpu")
+    return default

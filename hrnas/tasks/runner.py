@@ -146,7 +146,7 @@ def _checkpoint_file(path) -> Path:
 
 
 def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | None = None, overrides=(),
-                        detections=None, *, return_model: bool = False):
+                        detections=None, *, return_model: bool = False, metrics: bool = True):
     """Metrics of a checkpoint (file or run directory) on the val split, with the stored recipe's
     evaluation settings (or those of ``preset`` + ``overrides``); EMA weights when ``eval.use_ema``.
 
@@ -154,7 +154,8 @@ def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | Non
     ``eval.det_score_thr``) replace the ground-truth boxes (``eval.use_gt_boxes=false``), the
     standard COCO keypoint protocol. ``return_model=True`` returns ``(metrics, LoadedRun)`` instead: the
     network exactly as evaluated (BN statistics re-calibrated, eval mode), so that the predictions a
-    notebook draws are the evaluated ones."""
+    notebook draws are the evaluated ones; with ``metrics=False`` as well, only that network is prepared
+    (the same re-calibration, no pass over the val split: the metrics dict holds checkpoint and step)."""
     import torch
 
     from hrnas.engine.evaluation import (build_calib_loader, build_val_loader, calibration_seed,
@@ -182,7 +183,9 @@ def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | Non
     t = get_task(cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     channels_last = device.type == "cpu" or cfg["train"]["channels_last"]
-    val_loader = build_val_loader(t, cfg, root, max(1, cfg["data"]["batch_size"]))
+    if not (metrics or return_model):
+        raise UserError("evaluate_checkpoint: metrics=False needs return_model=True (nothing to return)")
+    val_loader = build_val_loader(t, cfg, root, max(1, cfg["data"]["batch_size"])) if metrics else None
     calib_loader = build_calib_loader(t, cfg, root, cfg["train"]["seed"], 0, 1, device.type == "cuda")
     net = t.build_model(ckpt["arch"])
     net.load_state_dict(checkpoint_weights({**ckpt, "config": cfg}, where=str(path)))
@@ -192,7 +195,7 @@ def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | Non
     out_dir = path.parent / "eval"
     metrics = evaluate_model(t, net, cfg, val_loader=val_loader, calib_loader=calib_loader, device=device,
                              channels_last=channels_last, calib_seed=calibration_seed(cfg, ckpt["step"]),
-                             out_dir=out_dir, copy_model=not return_model)
+                             out_dir=out_dir, copy_model=not return_model, metrics=metrics)
     result = {"checkpoint": str(path), "step": int(ckpt["step"]), **metrics}
     if not return_model:
         return result
@@ -231,7 +234,8 @@ def export_arch(run_dir, out) -> Path:
 @dataclass
 class LoadedRun:
     """A run directory opened for inspection: its ``run.json`` record, its task and dataset, and the
-    network of its latest checkpoint (eval mode, with the task's eval preparation applied)."""
+    network of its latest checkpoint (eval mode, with the task's eval preparation applied; None when
+    opened with ``load_run(..., network=False)``)."""
 
     dir: Path
     record: dict
@@ -252,17 +256,22 @@ def data_label(synthetic: bool, preset: str) -> str:
     return f"{'SYNTHETIC' if synthetic else 'real'} data, preset {preset}"
 
 
-def load_run(run_dir, ema: bool | None = None) -> LoadedRun:
+def load_run(run_dir, ema: bool | None = None, *, network: bool = True) -> LoadedRun:
     """Open a run directory (of ``hrnas search`` / ``train``): the network of its latest checkpoint.
 
     ``ema``: load the EMA weights (default: what the run evaluated with: ``eval.use_ema`` when the run
-    kept an EMA).
+    kept an EMA). ``network=False``: only the record, task and data (``net`` None, ``step`` the
+    record's), without reading the checkpoint (seconds for a super network's).
     """
     run_dir = Path(run_dir).expanduser()
     record_file = run_dir / "run.json"
     if not record_file.is_file():
         raise UserError(f"run directory {run_dir} has no run.json (not a run, or it never started)")
     record = json.loads(record_file.read_text())
+    if not network:
+        root = Path(record["data_root"])
+        return LoadedRun(dir=run_dir, record=record, task=get_task(record["config"]), data_root=root,
+                         synthetic=_synthetic_marker(root) is not None, net=None, step=int(record.get("step") or 0))
     path = find_latest(run_dir)
     if path is None:
         raise UserError(f"run directory {run_dir} has no checkpoint (ckpt_*.pt)")
