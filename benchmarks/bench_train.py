@@ -21,17 +21,21 @@ import torch
 
 def loader_rate(trainer, batches: int) -> float:
     """Images/s of the training loader alone (fresh iterator, ``batches`` batches after the first)."""
+    from hrnas.engine.trainer import batch_size_of
+
     trainer._start_epoch(0)
     it = iter(trainer.train_loader)
     next(it)
     start, images = time.perf_counter(), 0
     for _ in range(batches):
-        images += _batch_size(next(it))
+        images += batch_size_of(next(it))
     return images / (time.perf_counter() - start)
 
 
 def train_rate(trainer, steps: int) -> tuple[float, float]:
     """(images/s, seconds per step) of ``trainer.train_step`` over ``steps`` steps after one warm-up step."""
+    from hrnas.engine.trainer import batch_size_of
+
     trainer._start_epoch(0)
     batches = iter(trainer.train_loader)
     trainer.train_step(next(batches), 1)
@@ -40,11 +44,7 @@ def train_rate(trainer, steps: int) -> tuple[float, float]:
     for i, batch in enumerate(loaded):
         trainer.train_step(batch, i + 2)
     elapsed = time.perf_counter() - start
-    return sum(_batch_size(b) for b in loaded) / elapsed, elapsed / steps
-
-
-def _batch_size(batch) -> int:
-    return int(batch[0].shape[0])
+    return sum(batch_size_of(b) for b in loaded) / elapsed, elapsed / steps
 
 
 def bench(preset: str, steps: int, workers: int, batch: int | None, task: str = "cityscapes") -> dict:

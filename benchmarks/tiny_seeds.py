@@ -249,8 +249,8 @@ def main(argv=None) -> int:
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file")
     if args.write_table and args.overrides and args.table.resolve() == PACKAGED_TABLE:
-        p.error(f"--write-table: the packaged table is for the preset as shipped, not with --set "
-                f"(give --table FILE)")
+        p.error("--write-table: the packaged table is for the preset as shipped, not with --set "
+                "(give --table FILE)")
     tasks, seeds = list(dict.fromkeys(args.tasks)), args.seeds
     try:
         check_overrides(args.out, args.overrides)

@@ -203,12 +203,9 @@ def _add_ablation(sub) -> None:
 
 
 def run_ablation(args) -> int:
-    from hrnas.ablation import rows_of, run_table
+    from hrnas.ablation import run_table
 
-    rows_of(args.table)
-    if args.seeds is not None and args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: give an integer >= 1")
-    if args.jobs < 1:
+    if args.jobs < 1:  # run_table checks the table, preset and seeds before any work; jobs only after the search
         raise UserError(f"--jobs {args.jobs}: give an integer >= 1")
     if args.arch is not None and not args.arch.is_file():
         raise UserError(f"--arch {args.arch}: no such file")

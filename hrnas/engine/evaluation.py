@@ -128,12 +128,13 @@ def build_calib_loader(task, cfg: dict, root, seed: int, rank: int, world: int, 
                         num_workers=cfg["data"]["num_workers"], seed=seed + 7919, pin_memory=cuda)
 
 
-def checkpoint_weights(ckpt: dict, ema: bool | None = None, where: str = "checkpoint") -> dict:
+def checkpoint_weights(ckpt: dict, ema: bool | None = None, *, config: dict | None = None,
+                       where: str = "checkpoint") -> dict:
     """The state dict to evaluate from a checkpoint: the EMA's shadow or the live weights. ``ema=None``
-    decides as the run's own evaluations did (``eval.use_ema``, when the run kept an EMA)."""
+    decides by ``eval.use_ema`` of ``config`` (default: the run's own recipe), when the run kept an EMA."""
     has_ema = bool(ckpt.get("ema"))
     if ema is None:
-        ema = bool(ckpt["config"]["eval"]["use_ema"]) and has_ema
+        ema = bool((config or ckpt["config"])["eval"]["use_ema"]) and has_ema
     if ema and not has_ema:
         raise UserError(f"{where}: ema=True but the checkpoint holds no EMA weights")
     return ckpt["ema"]["shadow"] if ema else ckpt["model"]

@@ -368,7 +368,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     logs = self.train_step(batch, step)  # (it reads the loss: a CUDA device is synchronised)
                     self._train_s += time.perf_counter() - t0
-                    self._train_steps, self._train_images = self._train_steps + 1, self._train_images + _batch_size(batch)
+                    self._train_steps, self._train_images = self._train_steps + 1, self._train_images + batch_size_of(batch)
                     self.step = step
                     self.acc["n"] += 1
                     self.acc["loss"] += logs["loss"]
@@ -474,7 +474,7 @@ class Trainer:
         return result
 
 
-def _batch_size(batch) -> int:
+def batch_size_of(batch) -> int:
     """Samples in a training batch: the leading dimension of its first tensor (tuple or dict batches)."""
     first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values())) if isinstance(batch, dict) else batch
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 0

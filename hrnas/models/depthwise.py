@@ -40,7 +40,6 @@ def _strip_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Te
     channels, _, kh, kw = weight.shape
     grads = {}
     for c0, c1 in _strips(kw):
-        width = c1 - c0
         if c0 == kw // 2 - STRIP_WIDTH // 2:  # output column o reads input columns o + j - 1
             shifted, pad_w = x, STRIP_WIDTH // 2
         else:  # output column o reads input columns o + c0 + j - padding, j < width

@@ -20,8 +20,14 @@ __all__ = ["SearchHook", "EMAView", "search_hooks"]
 
 
 def search_hooks(cfg: dict) -> list:
-    """The hooks of a search run with recipe ``cfg``: the search, unless ``search.enabled`` is false."""
-    return [SearchHook()] if cfg["search"]["enabled"] else []
+    """The hooks of a search run with recipe ``cfg``: the search, unless ``search.enabled`` is false. A
+    recipe the search cannot shrink exactly is refused here, before any data or network is built."""
+    from hrnas.models.factory import check_searchable
+
+    if not cfg["search"]["enabled"]:
+        return []
+    check_searchable(cfg["model"])
+    return [SearchHook()]
 
 
 class _PrefixedShadow(MutableMapping):
@@ -72,12 +78,10 @@ class SearchHook(Hook):
 
     def setup(self, trainer) -> None:
         from hrnas.models import spec_of
-        from hrnas.models.factory import check_searchable
         from hrnas.profile import profile_arch
 
         super().setup(trainer)
         cfg, task = trainer.cfg["search"], trainer.task
-        check_searchable(trainer.cfg["model"])
         self.net = trainer.searchable
         supernet = None  # budget mode only: a resumed run's network may be shrunk, budgets refer to its supernet
         if cfg["budget_macs"] is not None or cfg["budget_ratio"] is not None:

@@ -188,7 +188,7 @@ def evaluate_checkpoint(task: str, checkpoint, data_root=None, preset: str | Non
     val_loader = build_val_loader(t, cfg, root, max(1, cfg["data"]["batch_size"])) if metrics else None
     calib_loader = build_calib_loader(t, cfg, root, cfg["train"]["seed"], 0, 1, device.type == "cuda")
     net = t.build_model(ckpt["arch"])
-    net.load_state_dict(checkpoint_weights({**ckpt, "config": cfg}, where=str(path)))
+    net.load_state_dict(checkpoint_weights(ckpt, config=cfg, where=str(path)))
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
