@@ -4,7 +4,7 @@ Generates 3,769 frames with about 10 ground-truth objects and 20 detections each
 the objects, duplicates and random false positives; every KITTI class incl. Van, Person_sitting and
 DontCare), writes them as KITTI label/result files to a temporary folder, and times
 ``evaluate_dirs`` (reading + evaluation) and ``evaluate`` (evaluation only). Target: < 60 s on
-2 CPU cores (reference/peers-and-metrics.md §4.6).
+2 CPU cores (docs/metrics-and-peers.md §4.6).
 
     python benchmarks/bench_kitti_eval.py [--frames 3769] [--seed 0]
 """

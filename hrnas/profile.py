@@ -4,7 +4,7 @@
   ``torch.utils.flop_counter.FlopCounterMode`` / 2 (tested); we count with forward hooks, which is much
   faster. On the CPU, PyTorch's flop counter has no rule for the fused attention kernel
   ``_scaled_dot_product_flash_attention_for_cpu``; importing this module registers the standard one.
-* ``hrnas``: the authors' profiler (``utils/model_profiling.py``; reference official-code.md §2.3, §5),
+* ``hrnas``: the authors' profiler (``utils/model_profiling.py``; docs/authors-code.md §2.3, §5),
   which the paper's tables used: convolutions and linear layers exactly, the encoder attention as
   2·L·S·E + 4·L·E², the decoder attention not at all, each transformer FFN linear as L MACs; an SE gate
   as its two 1×1 convs plus C·H·W for its input; parameters of convolutions and linear layers only (no

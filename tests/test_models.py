@@ -1,4 +1,4 @@
-"""The super network at exact parity with the authors' code (reference official-code.md §6, §9)."""
+"""The super network at exact parity with the authors' code (docs/authors-code.md §6, §9)."""
 import json
 import math
 
@@ -48,7 +48,7 @@ def test_projection_size_params(proj, delta):
 
 @pytest.mark.parametrize("C", [18, 144])
 def test_transformer_param_formula(C):
-    # 12d² + (8+n)d + (2n+2)C + 4n (official-code.md §2.2)
+    # 12d² + (8+n)d + (2n+2)C + 4n (docs/authors-code.md §2.2)
     for n, s in [(64, 8), (8, 2), (8, 16)]:
         d = s * s
         t = LightweightTransformer(C, C, n, s)
@@ -94,7 +94,7 @@ def test_ablation_variants_train_step(variant):
 
 
 def test_fused_paths_equal_per_path_sum():
-    """One fused expand/projection = the authors' per-kernel paths summed (official-code.md §1.3)."""
+    """One fused expand/projection = the authors' per-kernel paths summed (docs/authors-code.md §1.3)."""
     torch.manual_seed(0)
     block = SearchingBlock(8, 8, 1, [4, 6, 2]).eval()
     for m in block.modules():

@@ -47,7 +47,7 @@ def test_true_convention_equals_flop_counter_on_real_tensors():
 
 def test_hrnas_params_exclude_bn_and_attention():
     prof = profile(build_model("imagenet"), (224, 224), "hrnas")
-    assert prof.params == 13_039_360  # the authors' profiler count (official-code.md §9)
+    assert prof.params == 13_039_360  # the authors' profiler count (docs/authors-code.md §9)
     assert prof.params_all == 13_243_868
 
 

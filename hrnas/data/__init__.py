@@ -1,5 +1,5 @@
 """Data: loaders for the real on-disk layouts of the five benchmarks, the authors' transforms, and
-procedural miniature datasets written in the same layouts (reference/data-formats.md).
+procedural miniature datasets written in the same layouts (docs/datasets.md).
 
 Entry points: `build_dataset`, `collate_fn`, `build_loader`, `make_dataset`, `ensure_dataset`,
 `default_root`, `NUM_CLASSES`, `DEFAULT_SIZES`.

@@ -1,4 +1,4 @@
-"""ADE20K SceneParsing (ADEChallengeData2016), reference/data-formats.md §3.3.
+"""ADE20K SceneParsing (ADEChallengeData2016), docs/datasets.md §3.3.
 
 Layout: `ROOT/ADEChallengeData2016/images/{training,validation}/*.jpg` and
 `.../annotations/{training,validation}/<same stem>.png` (ROOT may also be the ADEChallengeData2016

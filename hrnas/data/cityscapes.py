@@ -1,4 +1,4 @@
-"""Cityscapes fine annotations (reference/data-formats.md §3.2, peers-and-metrics.md §2.3).
+"""Cityscapes fine annotations (docs/datasets.md §3.2, docs/metrics-and-peers.md §2.3).
 
 Layout: `ROOT/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png` with
 `ROOT/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png` (preferred, as HR-NAS reads) or

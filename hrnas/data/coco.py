@@ -1,4 +1,4 @@
-"""COCO person keypoints, top-down (HRNet `coco.py`/`JointsDataset`; peers-and-metrics.md §3.2).
+"""COCO person keypoints, top-down (HRNet `coco.py`/`JointsDataset`; docs/metrics-and-peers.md §3.2).
 
 Layout: `ROOT/annotations/person_keypoints_{train,val}2017.json` and images in `ROOT/{train,val}2017/`
 or `ROOT/images/{train,val}2017/`. One sample per person instance: GT boxes (area > 0, at least one

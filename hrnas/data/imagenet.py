@@ -1,4 +1,4 @@
-"""ImageNet-1k in the PyTorch-example layout (reference/data-formats.md §3.1).
+"""ImageNet-1k in the PyTorch-example layout (docs/datasets.md §3.1).
 
 `ROOT/train/<wnid>/*.JPEG`; `ROOT/val/<wnid>/*.JPEG` (after valprep.sh) or a flat `ROOT/val/*.JPEG`
 with `LOC_val_solution.csv` (Kaggle) or `val_labels.txt` (`<file name> <wnid or class index>` per line)

@@ -1,4 +1,4 @@
-"""KITTI 3D object detection for PointPillars (reference/data-formats.md §3.5, peers-and-metrics.md §4.1).
+"""KITTI 3D object detection for PointPillars (docs/datasets.md §3.5, docs/metrics-and-peers.md §4.1).
 
 Layout: `ROOT/ImageSets/{train,val,trainval,test}.txt`, `ROOT/training/{velodyne,label_2,calib,image_2}/`
 (`ROOT/testing/` for the test split, without labels). Coordinate conventions follow OpenPCDet:

@@ -1,4 +1,4 @@
-"""Label tables: Cityscapes (cityscapesscripts `labels.py`, reference/data-formats.md §3.2) and
+"""Label tables: Cityscapes (cityscapesscripts `labels.py`, docs/datasets.md §3.2) and
 ADE20K-150 (mmseg `ADE20KDataset`, §3.3)."""
 from __future__ import annotations
 

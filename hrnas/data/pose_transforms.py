@@ -1,4 +1,4 @@
-"""Top-down pose geometry of the HRNet/HR-NAS COCO pipeline (peers-and-metrics.md §3.2).
+"""Top-down pose geometry of the HRNet/HR-NAS COCO pipeline (docs/metrics-and-peers.md §3.2).
 
 Conventions (as in HRNet): `center` is (x, y) in image pixels; `scale` is (w, h) of the person box
 in units of `PIXEL_STD` = 200 px; `rot` is in degrees; `output_size` is (width, height); points are

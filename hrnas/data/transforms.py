@@ -1,4 +1,4 @@
-"""Transforms matching the authors' pipelines (reference/official-code.md §4).
+"""Transforms matching the authors' pipelines (docs/authors-code.md §4).
 
 * Segmentation (mmseg style, `mmseg/seg_dataflow.py`): keep-ratio resize to `img_scale` x U[0.5, 2],
   random crop with `cat_max_ratio` 0.75, flip 0.5, photometric distortion, normalise, pad (mask 255).

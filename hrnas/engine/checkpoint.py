@@ -4,8 +4,8 @@ A checkpoint is a plain dict: ``format``, ``rng`` (see :func:`get_rng_state`) an
 to :func:`save_checkpoint` — typically ``model``, ``optimizer``, ``scheduler``, ``ema`` (objects
 with ``state_dict()`` are converted; DDP is unwrapped), ``step``, ``epoch``, ``arch`` (the
 architecture spec), ``config`` and ``search`` state. Everything must be tensors or plain Python
-containers/scalars so that ``torch.load(path, weights_only=True)`` reads it (design "Conventions";
-official-code.md §3.6 pickles whole models instead).
+containers/scalars so that ``torch.load(path, weights_only=True)`` reads it (docs/design.md §5;
+docs/authors-code.md §3.6 pickles whole models instead).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ its file (``presets_of``): ``paper``, ``tiny`` and ``smoke`` in every task, any 
 where it is declared. A task's ``paper`` section may ADD keys under ``data``, ``model``, ``loss`` and
 ``eval`` (task-specific settings); every other key, in the presets and in overrides, must already
 exist and keep its type. Switches where the paper and the authors' code disagree are documented in docs/switches.md
-(official-code.md §4, §8).
+(docs/authors-code.md §4, §8).
 """
 from __future__ import annotations
 

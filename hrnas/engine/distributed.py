@@ -1,6 +1,6 @@
 """torchrun-style distributed helpers; every function is a no-op in a single process.
 
-Reference: peers-and-metrics.md §7 (torchrun env://, gloo on CPU / nccl on CUDA, rank-0 writes,
+Reference: docs/metrics-and-peers.md §7 (torchrun env://, gloo on CPU / nccl on CUDA, rank-0 writes,
 per-worker seeds). Launch with ``torchrun --standalone --nproc_per_node=N -m hrnas ...``.
 """
 from __future__ import annotations

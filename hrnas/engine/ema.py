@@ -1,7 +1,7 @@
 """Exponential moving average of a model's parameters and buffers, keyed by name.
 
-Reference: official-code.md §4 "EMA" and §3.4 (EMA shadows are sliced when channels are removed);
-peers-and-metrics.md §5.3. The authors' ExponentialMovingAverage averages every parameter and
+Reference: docs/authors-code.md §4 "EMA" and §3.4 (EMA shadows are sliced when channels are removed);
+docs/metrics-and-peers.md §5.3. The authors' ExponentialMovingAverage averages every parameter and
 the BN running mean/var with decay ``min(decay ** (batch / base_batch), (1 + t) / (10 + t))``
 where ``t`` is the global step counted AFTER the optimizer step (1 at the first update).
 """
@@ -98,12 +98,12 @@ class ModelEMA:
             cur.copy_(self.shadow[name])
 
     def ema_model(self, model: nn.Module) -> nn.Module:
-        """A deep copy of the (unwrapped) model carrying the EMA weights (official-code.md §5)."""
+        """A deep copy of the (unwrapped) model carrying the EMA weights (docs/authors-code.md §5)."""
         clone = copy.deepcopy(unwrap_model(model))
         self.copy_to(clone)
         return clone
 
-    # --- surgery after channel removal (official-code.md §3.4) -------------------------------
+    # --- surgery after channel removal (docs/authors-code.md §3.4) -------------------------------
     def slice(self, name: str, index: torch.Tensor, dim: int) -> None:
         """Keep entries ``index`` along ``dim`` of shadow ``name``."""
         t = self.shadow[name]

@@ -1,7 +1,7 @@
 """Optimizers, the authors' coupled L2 penalty and optimizer-state surgery for channel removal.
 
-References: official-code.md §4 ("Weight decay", "Optimizers") and §3.4 (optimizer state is remapped
-when channels are removed); peers-and-metrics.md §5.2 (TF-style RMSprop).
+References: docs/authors-code.md §4 ("Weight decay", "Optimizers") and §3.4 (optimizer state is remapped
+when channels are removed); docs/metrics-and-peers.md §5.2 (TF-style RMSprop).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ _EXTRA_KW = {
 
 
 class RMSpropTF(torch.optim.Optimizer):
-    """RMSprop as in the authors' (AtomNAS/HR-NAS) code, peers-and-metrics.md §5.2.
+    """RMSprop as in the authors' (AtomNAS/HR-NAS) code, docs/metrics-and-peers.md §5.2.
 
     Per step, with g = grad (+ weight_decay * p, coupled):
         square_avg = alpha * square_avg + (1 - alpha) * g²       (square_avg starts at ZERO)
@@ -104,7 +104,7 @@ def optimizer_kwargs(name: str, optim_cfg: dict) -> dict:
 
 def build_optimizer(name: str, params_or_groups, lr: float, weight_decay: float, *,
                     decay_mode: str = "l2", **kw) -> torch.optim.Optimizer:
-    """Build ``rmsprop_tf | adam | adamw | sgd`` (official-code.md §4).
+    """Build ``rmsprop_tf | adam | adamw | sgd`` (docs/authors-code.md §4).
 
     ``decay_mode="l2"`` (the authors' code): the optimizer's own weight decay is 0 and the CALLER
     adds :func:`l2_penalty` to the loss; ``adam`` and ``adamw`` are then both Adam with a coupled
@@ -156,7 +156,7 @@ def build_optimizer_from_config(model: nn.Module, cfg: dict) -> torch.optim.Opti
 
 
 def is_decayed(name: str, param: torch.Tensor) -> bool:
-    """The authors' "mnas" weight-decay rule (official-code.md §4): every parameter with >= 2 dims
+    """The authors' "mnas" weight-decay rule (docs/authors-code.md §4): every parameter with >= 2 dims
     (conv and linear weights, transformer projections, query embeddings) and the classifier bias
     (name ending in ``classifier.bias`` or ``classifier.1.bias``); BN/LayerNorm/other 1-D params
     are exempt."""
@@ -167,7 +167,7 @@ def l2_penalty(model: nn.Module, weight_decay: float) -> torch.Tensor:
     """Coupled L2 term ``0.5 * wd * sum ||w||²`` over the parameters selected by :func:`is_decayed`.
 
     Unlike the authors' ``cal_l2_loss`` there is no assertion that exactly one classifier bias
-    exists (official-code.md §8.2 item 17), so heads without one work.
+    exists (docs/authors-code.md §8.2 (item 17)), so heads without one work.
     """
     terms = [p.pow(2).sum() for n, p in model.named_parameters() if is_decayed(n, p)]
     if not terms:
@@ -213,7 +213,7 @@ def remap_optimizer_state(optimizer: torch.optim.Optimizer, old_param: torch.Ten
                           new_param: torch.Tensor, index: torch.Tensor, dim: int) -> None:
     """Keep the entries ``index`` along ``dim`` of ``old_param``'s optimizer state for ``new_param``.
 
-    Contract (official-code.md §3.4): call it right AFTER the model replaced a parameter by a
+    Contract (docs/authors-code.md §3.4): call it right AFTER the model replaced a parameter by a
     smaller one holding ``old[index]`` along ``dim``. ``old_param`` is the Parameter object the
     optimizer currently holds; ``new_param`` is the Parameter now in the model — either a new
     ``nn.Parameter`` (it takes ``old_param``'s place in its param group) or the very same object

@@ -1,7 +1,7 @@
 """Learning-rate schedules (stepped once per ITERATION) and the L1 penalty weight schedule.
 
-References: official-code.md §4 "LR schedules" (``get_lr_scheduler``) and §3.3 (``get_rho_scheduler``);
-peers-and-metrics.md §5.4. All schedules are torch ``lr_scheduler`` objects, so ``state_dict()``
+References: docs/authors-code.md §4 "LR schedules" (``get_lr_scheduler``) and §3.3 (``get_rho_scheduler``);
+docs/metrics-and-peers.md §5.4. All schedules are torch ``lr_scheduler`` objects, so ``state_dict()``
 / ``load_state_dict()`` resume them.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _exp_decay(optimizer, total_steps, steps_per_epoch, gamma=0.97, decay_epochs
                warmup_epochs=0.0, warmup_lr=None):
     """lr · gamma^floor(step / (decay_epochs · steps_per_epoch)) (staircase, as ``lr_stepwise:
     False``), preceded by a linear ramp from ``warmup_lr`` to lr over ``warmup_epochs`` (the
-    authors' implicit 5-epoch ImageNet warm-up, official-code.md §8.2 item 10). As in the
+    authors' implicit 5-epoch ImageNet warm-up, docs/authors-code.md §8.2 (item 10)). As in the
     authors' code, the decay counts from step 0, not from the end of the warm-up."""
     interval = decay_epochs * steps_per_epoch
     if interval <= 0:
@@ -106,7 +106,7 @@ def build_scheduler_from_config(optimizer: torch.optim.Optimizer, cfg: dict, *, 
 
 
 def rho_at(step: int, rho: float, free_steps: int, warmup_steps: int) -> float:
-    """Weight of the L1 penalty at iteration ``step`` (official-code.md §3.3, ``linear``, stepwise):
+    """Weight of the L1 penalty at iteration ``step`` (docs/authors-code.md §3.3, ``linear``, stepwise):
     0 for step < free_steps, linear ramp to ``rho`` until step ``warmup_steps`` (an absolute
     step, like the authors' ``epoch_warmup``), then ``rho``."""
     if step < free_steps:

@@ -1,4 +1,4 @@
-"""Evaluation metrics (reference/peers-and-metrics.md §2.2, §3, §4; official-code.md §5).
+"""Evaluation metrics (docs/metrics-and-peers.md §2.2, §3, §4; docs/authors-code.md §5).
 
 - ``classification``: top-k hits and an all-reducible ``ClassificationMeter`` (top-1 / top-5 %).
 - ``segmentation``: dataset-level confusion histogram -> mIoU / mAcc / aAcc (mmseg definition).

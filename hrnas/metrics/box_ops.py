@@ -1,11 +1,11 @@
 """Box geometry for 3D detection: rotated bird's-eye-view (BEV) IoU, 3D IoU, 2D image-box overlap.
 
-Conventions (reference/data-formats.md §3.5): a LiDAR box is (x, y, z_centre, l, w, h, yaw) with
+Conventions (docs/datasets.md §3.5): a LiDAR box is (x, y, z_centre, l, w, h, yaw) with
 yaw measured counter-clockwise from the x axis and l along the heading; a BEV box is its
 (x, y, l, w, yaw) part. The intersection of two rotated rectangles is computed exactly, vectorised
 over pairs: the intersection polygon's vertices are the corners of each box inside the other plus
 the edge/edge crossings; they are ordered by angle around their centroid and the shoelace formula
-gives the area (reference/peers-and-metrics.md §4.6, item 1).
+gives the area (docs/metrics-and-peers.md §4.6 (item 1)).
 
 Functions accept numpy arrays or torch tensors; a torch input gives a torch output (dtype and device
 of the first argument), a numpy input a float64 numpy output.

@@ -1,4 +1,4 @@
-"""Top-k accuracy for ImageNet-style classification (reference/official-code.md §5: top-1/top-5 on
+"""Top-k accuracy for ImageNet-style classification (docs/authors-code.md §5: top-1/top-5 on
 the single centre crop). Counts are accumulated so that ranks can all-reduce one small tensor."""
 from __future__ import annotations
 

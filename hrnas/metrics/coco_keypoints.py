@@ -1,5 +1,5 @@
-"""Top-down COCO keypoint evaluation (HRNet / mmpose convention, reference/peers-and-metrics.md §3.2,
-reference/official-code.md §5): heatmap decoding (argmax + quarter-pixel shift toward the higher
+"""Top-down COCO keypoint evaluation (HRNet / mmpose convention, docs/metrics-and-peers.md §3.2,
+docs/authors-code.md §5): heatmap decoding (argmax + quarter-pixel shift toward the higher
 neighbour), the flip test (flip back, swap left/right joints, shift one pixel right, average),
 mapping back to the image, rescoring, OKS-NMS and the pycocotools ``COCOeval`` metric.
 

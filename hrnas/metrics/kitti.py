@@ -1,7 +1,7 @@
 """KITTI object evaluation on the CPU: label/result I/O and the official AP protocol.
 
-Semantics follow the official devkit / ``kitti_object_eval_python`` (reference/peers-and-metrics.md
-§4.2, §4.6; reference/data-formats.md §3.5), re-implemented and vectorised over frames:
+Semantics follow the official devkit / ``kitti_object_eval_python`` (docs/metrics-and-peers.md
+§4.2, §4.6; docs/datasets.md §3.5), re-implemented and vectorised over frames:
 
 * difficulty: a ground truth (GT) box counts for easy / moderate / hard when its 2D height is
   > 40 / 25 / 25 px, occlusion <= 0 / 1 / 2 and truncation <= .15 / .30 / .50; otherwise it is

@@ -1,5 +1,5 @@
 """mIoU / mAcc / aAcc from a dataset-level confusion histogram (mmseg's definition,
-reference/peers-and-metrics.md §2.2): pixels labelled ``ignore_index`` are dropped, the
+docs/metrics-and-peers.md §2.2): pixels labelled ``ignore_index`` are dropped, the
 histogram is accumulated over the whole dataset first, then IoU_c = I_c / U_c and
 Acc_c = I_c / GT_c; mIoU and mAcc are nan-means over classes (a class with an empty union, or no
 ground-truth pixel for Acc, is skipped) and aAcc = sum I_c / sum GT_c. Never per-image averages.

@@ -36,7 +36,7 @@ from hrnas.models.transformer import Attention, LightweightTransformer, TOKEN_MO
 
 ARCH_FORMAT, ARCH_VERSION = "hrnas-arch", 1
 
-# Per-task model options as in the authors' configs (official-code.md §1.8).
+# Per-task model options as in the authors' configs (docs/authors-code.md §1.8).
 TASK_DEFAULTS: dict[str, dict] = {
     "imagenet": dict(head="classification", num_classes=1000, dropout=0.2, in_channels=3,
                      bn_momentum=0.01, bn_eps=1e-3, init="mnas"),
@@ -150,7 +150,7 @@ def _build(opts: dict, blocks: dict | None) -> HRNet:
 
 
 def init_weights(model: nn.Module, method: str) -> None:
-    """The authors' initialisation (official-code.md §1.7).
+    """The authors' initialisation (docs/authors-code.md §1.7).
 
     First every lightweight transformer gets its own initialisation (Xavier-uniform on every weight
     matrix, the in-projection as one joint q/k/v matrix, and on the decoder queries; the authors'

@@ -1,4 +1,4 @@
-"""Task heads of the HR-NAS super network (reference official-code.md §1.6).
+"""Task heads of the HR-NAS super network (docs/authors-code.md §1.6).
 
 * Classification: a searching block per branch widens it to 36/72/144/320, stride-2 blocks carry the
   sum down to 1/32, a 1×1 conv-BN-act to 1600, global average pooling, dropout and a linear classifier.

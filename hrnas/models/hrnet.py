@@ -1,5 +1,5 @@
 """The HR-NAS super network: a multi-branch high-resolution network of searching blocks
-(paper §3.1, Fig. 1; reference official-code.md §1).
+(paper §3.1, Fig. 1; docs/authors-code.md §1).
 
 Stem (two 3×3 stride-2 conv-BN-ReLU, 3→24→24, output at 1/4), then five pairs of a *fusion module*
 and a *parallel module*. Branch i runs at 1/2^(i+2) resolution; the parallel modules have 1/2/3/4/4
@@ -121,7 +121,7 @@ class HRNet(nn.Module):
     """Stem + five fusion/parallel module pairs + a task head.
 
     ``head_factory(make, branch_channels)`` builds the head with the same block factory so that head
-    blocks are searched too (reference §3.1).
+    blocks are searched too (docs/authors-code.md §3.1).
     """
 
     def __init__(self, head_factory: Callable[[BlockFactory, Sequence[int]], nn.Module], make: BlockFactory,

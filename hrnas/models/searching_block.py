@@ -1,4 +1,4 @@
-"""The searching block of HR-NAS (paper §3.1, Fig. 2; reference official-code.md §1.3).
+"""The searching block of HR-NAS (paper §3.1, Fig. 2; docs/authors-code.md §1.3).
 
 An inverted residual with one path per depthwise kernel size k ∈ {3, 5, 7}. Path k has h_k hidden
 channels: 1×1 expand → BN → act → k×k depthwise (block stride) → BN → act. The BN after the depthwise

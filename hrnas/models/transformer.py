@@ -1,4 +1,4 @@
-"""The lightweight transformer of HR-NAS (paper §3.2; reference official-code.md §2).
+"""The lightweight transformer of HR-NAS (paper §3.2; docs/authors-code.md §2).
 
 A feature map B×C×H×W is projected to a tiny s×s map (bilinear sampling, the *projection size*), two
 standardised coordinate channels are appended (the ``points`` position encoding), and a 1×1 convolution
@@ -188,7 +188,7 @@ class LightweightTransformer(nn.Module):
         return layers * (6 * length * dim * dim + 2 * length * length * dim)
 
     def hrnas_attention_macs(self) -> int:
-        """MACs the authors' profiler adds for the attention layers (official-code.md §2.3).
+        """MACs the authors' profiler adds for the attention layers (docs/authors-code.md §2.3).
 
         Their hooks see the encoder attention as 2·L·S·E + 4·L·E², miss the decoder attention
         (called with keyword arguments) and count each FFN linear as n MACs; convolutions are counted

@@ -1,5 +1,5 @@
 """The resource-aware search: L1 penalty on BN scales weighted by cost, and progressive shrinking
-(paper §3.3; reference official-code.md §3).
+(paper §3.3; docs/authors-code.md §3).
 
 Loss term per step: ``λ(t) · [Σ_paths w_p Σ_c |γ_{p,c}| + Σ_transformers w_T Σ_i |γ_{T,i}|]`` with
 ``w = cost / mean cost over all searchable units`` (costs: :mod:`hrnas.search.costs`; the token weight

@@ -1,4 +1,4 @@
-"""Resource costs of the searchable units (paper §3.3; reference official-code.md §3.2, §3.5).
+"""Resource costs of the searchable units (paper §3.3; docs/authors-code.md §3.2, §3.5).
 
 A hidden channel of kernel path k in a searching block costs its expand row, its depthwise filter
 and its projection column: ``inp·H_in·W_in + k²·H_out·W_out + oup·H_out·W_out`` MACs, at one input size
@@ -25,7 +25,7 @@ from hrnas.models.transformer import LightweightTransformer
 
 
 def transformer_true_macs(t: LightweightTransformer, num_tokens: int) -> int:
-    """True MACs of a transformer with ``num_tokens`` tokens (official-code.md §2.3, generalised)."""
+    """True MACs of a transformer with ``num_tokens`` tokens (docs/authors-code.md §2.3, generalised)."""
     s2 = t.proj_size ** 2
     dim, length = t.token_shape(num_tokens)
     projections = s2 * num_tokens * (t.in_channels + 2) + s2 * num_tokens * t.out_channels

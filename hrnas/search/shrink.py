@@ -1,5 +1,5 @@
 """Progressive shrinking: physically remove dead channels, kernel paths, blocks and tokens
-(paper §3.3; reference official-code.md §3.4–§3.5).
+(paper §3.3; docs/authors-code.md §3.4–§3.5).
 
 Which channels and tokens are dead is decided by :class:`hrnas.search.SearchController` (|γ| of the
 depthwise BN / of ``input_norm`` at most the threshold, in the live and the EMA weights). Removing a
@@ -13,7 +13,7 @@ BN (eval-mode outputs unchanged; in train mode the batch mean absorbs it anyway)
 every path, the constant its projection BN produced (passed through the block's SE gate, if any: SE of a
 constant map is a constant) becomes the block's ``bias``. The EMA shadow is folded with its *own*
 tensors (its β, projection weights, BN statistics, SE weights), so the EMA network's output is unchanged
-too. The authors disabled this compensation (official-code.md §8.2 item 6).
+too. The authors disabled this compensation (docs/authors-code.md §8.2 (item 6)).
 
 Token removal is not exact (a dead token's constant row still takes part in the attention softmax, and
 after the first attention layer its row depends on the input; no fold can remove it): the controller

@@ -1,6 +1,6 @@
 """ImageNet classification: label-smoothed cross-entropy, top-1 / top-5 on the single centre crop.
 
-Reference: official-code.md §4 ("Losses", "Data") and §5 ("ImageNet": crop 0.875 of the short side,
+Reference: docs/authors-code.md §4 ("Losses", "Data") and §5 ("ImageNet": crop 0.875 of the short side,
 bicubic). The number of classes follows the dataset (1000 on ImageNet, 10 on the embedded shapes).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """COCO keypoints, top-down: JointsMSE loss and COCO keypoint AP.
 
-Reference: official-code.md §4 ("Losses": 0.5·MSE per joint × target weight, averaged over joints)
-and §5 ("COCO keypoints"); peers-and-metrics.md §3.2: flip test (flipped heatmaps mapped back with the
+Reference: docs/authors-code.md §4 ("Losses": 0.5·MSE per joint × target weight, averaged over joints)
+and §5 ("COCO keypoints"); docs/metrics-and-peers.md §3.2: flip test (flipped heatmaps mapped back with the
 joint swap and shifted one pixel right, averaged), argmax + quarter-pixel refinement, inverse affine,
 rescoring (box score × mean joint maximum above 0.2), OKS-NMS 0.9 per image, pycocotools COCOeval.
 The result's ``boxes`` names the boxes used: ``"gt"`` (``eval.use_gt_boxes``) or

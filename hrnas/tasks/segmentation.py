@@ -1,8 +1,8 @@
 """Semantic segmentation (Cityscapes, ADE20K): cross-entropy and mIoU / mAcc / aAcc.
 
-Reference: official-code.md §4 ("Losses": CE with ignore 255 on logits bilinearly upsampled to the
+Reference: docs/authors-code.md §4 ("Losses": CE with ignore 255 on logits bilinearly upsampled to the
 label size, no OHEM or auxiliary heads) and §5 ("Segmentation": whole-image, single-scale, no-flip
-test; dataset-level histograms); peers-and-metrics.md §2.2, §2.4 (the sliding-window mode).
+test; dataset-level histograms); docs/metrics-and-peers.md §2.2, §2.4 (the sliding-window mode).
 
 Evaluation follows mmseg's test protocol (the authors' ``SegVal``): each image, resized keeping its
 ratio to the test scale and not padded, goes through the network; the logits are upsampled bilinearly

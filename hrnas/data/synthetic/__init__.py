@@ -1,4 +1,4 @@
-"""Procedural miniature datasets written in the real on-disk formats (reference/data-formats.md §4).
+"""Procedural miniature datasets written in the real on-disk formats (docs/datasets.md §4).
 
 `make_dataset(name, out_dir, preset, seed)` generates into a temporary sibling folder and renames it
 to `out_dir` only when complete. Output is deterministic for a seed (byte-identical files). Every

@@ -1,4 +1,4 @@
-"""Procedural scene painter for the segmentation miniatures (reference/data-formats.md §4.2-4.3).
+"""Procedural scene painter for the segmentation miniatures (docs/datasets.md §4.2–§4.3).
 
 A scene is a list of labelled polygons in drawing order (later on top), using a small vocabulary
 (`STREET_CLASSES`, `INDOOR_CLASSES`) that the Cityscapes and ADE20K writers map to their own ids.
