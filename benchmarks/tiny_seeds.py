@@ -44,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this tree's hrnas, as in the runs (their PYTHONPATH starts with REPO)
-TASKS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
+from hrnas import TASKS  # noqa: E402
 DEFAULT_SEEDS = (1995, 1, 2, 3, 4)
 from hrnas.errors import UserError  # noqa: E402
 from hrnas.expected import RUN_METRICS  # noqa: E402  (metric names and units of the notebooks)

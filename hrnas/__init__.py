@@ -8,3 +8,7 @@ Searching efficient high-resolution networks with lightweight transformers: the 
 __version__ = "0.1.0"
 
 TASKS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
+# Input size (H, W) of each task's network in the paper (params/MACs are reported there; the crops of
+# the ``paper`` recipes); kitti: the PointPillars BEV grid of the authors' point-cloud range.
+PAPER_SIZES = {"imagenet": (224, 224), "cityscapes": (512, 1024), "ade20k": (512, 512), "coco": (256, 192),
+               "kitti": (496, 432)}

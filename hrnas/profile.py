@@ -161,6 +161,16 @@ def profile_arch(arch: dict, size, convention: str = "true") -> Profile:
     return _PROFILES[key]
 
 
+def profile_export(arch: dict, size) -> dict:
+    """Params and MACs (true convention) of a searched network and of its super network at ``size``
+    (run.json's ``profile``)."""
+    searched = profile_arch(arch, size)
+    supernet = profile_arch({"task": arch["task"], "model": arch["model"]}, size)
+    return {"size": f"{size[0]}x{size[1]}", "convention": "true", "macs": searched.macs,
+            "params": searched.params, "supernet_macs": supernet.macs, "supernet_params": supernet.params,
+            "macs_ratio": searched.macs / supernet.macs, "params_ratio": searched.params / supernet.params}
+
+
 def _count(net, x, size, convention, parts, params_all) -> Profile:
     if convention == "true":
         params = params_all

@@ -7,7 +7,7 @@ from torch import nn
 
 from hrnas.engine.ema import ModelEMA
 from hrnas.engine.optim import (RMSpropTF, build_optimizer, decay_param_groups, drop_optimizer_param,
-                                l2_penalty, optimizer_kwargs, remap_optimizer_state, slice_optimizer_state)
+                                l2_penalty, optimizer_kwargs, slice_optimizer_state)
 from hrnas.errors import UserError
 
 
@@ -116,7 +116,7 @@ def _pruned_net_setup(opt_name):
 
 
 @pytest.mark.parametrize("opt_name", ["adam", "rmsprop_tf"])
-def test_remap_state_after_channel_removal(opt_name):
+def test_slice_state_after_channel_removal(opt_name):
     net, opt, ema = _pruned_net_setup(opt_name)
     keep = torch.tensor([0, 2])
     conv1, bn, conv2 = net[0], net[1], net[2]
@@ -124,23 +124,19 @@ def test_remap_state_after_channel_removal(opt_name):
     key = "exp_avg" if opt_name == "adam" else "square_avg"
     old_state = opt.state[old_w][key].clone()
     old_conv2_state = opt.state[conv2.weight][key].clone()
-    # (a) a NEW Parameter replaces conv1.weight (rows = output channels)
-    conv1.weight = nn.Parameter(old_w.detach()[keep].clone())
-    remap_optimizer_state(opt, old_w, conv1.weight, keep, dim=0)
-    for mod, name in ((conv1, "bias"), (bn, "weight"), (bn, "bias")):
-        old = getattr(mod, name)
-        setattr(mod, name, nn.Parameter(old.detach()[keep].clone()))
-        remap_optimizer_state(opt, old, getattr(mod, name), keep, dim=0)
+    # the shrink's way: the same Parameters with .data replaced (rows = output channels, conv2: dim 1)
+    for param in (conv1.weight, conv1.bias, bn.weight, bn.bias):
+        param.data = param.data[keep].clone()
+        slice_optimizer_state(opt, param, keep, dim=0)
     bn.running_mean = bn.running_mean[keep].clone()
     bn.running_var = bn.running_var[keep].clone()
-    # (b) the SAME Parameter with .data replaced (conv2 input channels = dim 1)
     conv2.weight.data = conv2.weight.data[:, keep].clone()
     slice_optimizer_state(opt, conv2.weight, keep, dim=1)
     for name, dim in (("0.weight", 0), ("0.bias", 0), ("1.weight", 0), ("1.bias", 0),
                       ("1.running_mean", 0), ("1.running_var", 0), ("2.weight", 1)):
-        ema.slice(name, keep, dim)
+        ema.shadow[name] = ema.shadow[name].index_select(dim, keep)
 
-    assert old_w not in opt.state and all(p is not old_w for p in opt.param_groups[0]["params"])
+    assert conv1.weight is old_w and len(opt.state) == 6  # the same Parameter objects, no state lost
     assert opt.state[conv1.weight][key].shape == (2, 3, 1, 1)
     assert torch.equal(opt.state[conv1.weight][key], old_state[keep])
     assert torch.equal(opt.state[conv2.weight][key], old_conv2_state[:, keep])
@@ -155,11 +151,13 @@ def test_remap_state_after_channel_removal(opt_name):
     assert {p.shape for p in opt.param_groups[0]["params"]} >= {(2, 3, 1, 1), (2, 2, 1, 1)}
 
 
-def test_remap_rejects_inconsistent_shapes_and_drop_removes_param():
+def test_slice_rejects_inconsistent_shapes_and_drop_removes_param():
     net, opt, _ = _pruned_net_setup("adam")
     old = net[0].weight
     with pytest.raises(ValueError, match="index has 3"):
-        remap_optimizer_state(opt, old, nn.Parameter(torch.zeros(2, 3, 1, 1)), torch.tensor([0, 1, 2]), 0)
+        slice_optimizer_state(opt, old, torch.tensor([0, 1, 2]), 0)  # 4 rows, 3 kept: data not sliced yet
+    with pytest.raises(ValueError, match="empty index"):
+        slice_optimizer_state(opt, old, torch.tensor([], dtype=torch.long), 0)
     drop_optimizer_param(opt, old)
     assert old not in opt.state and all(p is not old for p in opt.param_groups[0]["params"])
 

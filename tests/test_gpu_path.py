@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hrnas.engine.trainer import _training_device
+from hrnas.engine.distributed import training_device
 from hrnas.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,18 +23,18 @@ def _bench():
 
 def test_training_device_choice():
     cpu = torch.device("cpu")
-    assert _training_device("auto", cpu, 1) == cpu and _training_device("cpu", cpu, 1) == cpu
-    assert _training_device("cpu", torch.device("cuda", 0), 1) == cpu
+    assert training_device("auto", cpu, 1) == cpu and training_device("cpu", cpu, 1) == cpu
+    assert training_device("cpu", torch.device("cuda", 0), 1) == cpu
     with pytest.raises(UserError, match="^train.device: unknown value 'gpu'; accepted: auto, cpu, cuda$"):
-        _training_device("gpu", cpu, 1)
+        training_device("gpu", cpu, 1)
     with pytest.raises(UserError, match="^train.device=cpu under torchrun"):
-        _training_device("cpu", torch.device("cuda", 0), 2)
+        training_device("cpu", torch.device("cuda", 0), 2)
 
 
 @no_cuda
 def test_training_on_cuda_without_cuda_is_a_clear_error():
     with pytest.raises(UserError, match="^train.device=cuda: CUDA is not available"):
-        _training_device("cuda", torch.device("cpu"), 1)
+        training_device("cuda", torch.device("cpu"), 1)
 
 
 @no_cuda

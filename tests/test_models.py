@@ -303,3 +303,30 @@ def test_shipped_architecture_by_name():
     with pytest.raises(UserError, match="no such architecture file, nor a shipped architecture "
                                         r"\(shipped: hrnas-a-imagenet"):
         load_arch("hrnas-b-imagenet")
+
+
+@pytest.mark.parametrize("task", ["imagenet", "cityscapes"])
+def test_feature_info_records_where_each_block_computes(task):
+    """Every searching block's recorded branches are the resolutions it really reads and writes (an up-path
+    of a fusion computes at the low resolution: its output is upsampled after the block)."""
+    from hrnas.search.costs import branch_sizes
+
+    net = build_model(task).eval()
+    size = (64, 96)
+    seen = {}
+    hooks = [block.register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, (i[0].shape[-2:], o.shape[-2:])))
+             for name, block in net.searching_blocks()]
+    with torch.no_grad():
+        net(torch.randn(1, 3, *size))
+    for h in hooks:
+        h.remove()
+    sizes = branch_sizes(size)
+    assert [info.name for info in net.feature_info] == list(net.block_order) and len(seen) == len(net.feature_info)
+    for info in net.feature_info:
+        got_in, got_out = seen[info.name]
+        assert tuple(got_in) == sizes[info.in_branch] and tuple(got_out) == sizes[info.out_branch], info
+        assert info.module == info.name.split(".")[0] if info.module != "head" else info.name.startswith("head.")
+    ups = [(i, *map(int, i.name.split(".")[1].split("_"))) for i in net.feature_info
+           if i.module.startswith("fuse") and "new" not in i.name]
+    ups = [(info, dst, src) for info, dst, src in ups if src == dst + 1]
+    assert len(ups) == 1 + 2 + 3 and all(info.in_branch == info.out_branch == src for info, _, src in ups)

@@ -61,7 +61,9 @@ def perturbed_ema(model, seed=5):
 
 def ema_output(model, ema, x):
     with torch.no_grad():
-        return ema.ema_model(model).eval()(x)
+        clone = copy.deepcopy(model)
+        ema.copy_to(clone)
+        return clone.eval()(x)
 
 
 def gammas(block, k):

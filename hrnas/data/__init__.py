@@ -2,7 +2,7 @@
 procedural miniature datasets written in the same layouts (docs/datasets.md).
 
 Entry points: `build_dataset`, `collate_fn`, `build_loader`, `make_dataset`, `ensure_dataset`,
-`default_root`, `NUM_CLASSES`, `DEFAULT_SIZES`.
+`default_root`, `NUM_CLASSES`.
 """
 from __future__ import annotations
 
@@ -13,17 +13,15 @@ from hrnas.data import transforms as T
 from hrnas.data.labels import ADE20K_NUM_CLASSES, CITYSCAPES_NUM_CLASSES
 from hrnas.data.loader import build_loader, collate_fn
 from hrnas.data.synthetic import DATASETS, PRESETS, default_root, ensure_dataset, make_dataset
+from hrnas import PAPER_SIZES, TASKS
 from hrnas.errors import UserError
 
-TASKS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
 # Of the real benchmarks (coco: keypoints; kitti: Car, Pedestrian, Cyclist). A built dataset's own
 # count is `dataset.num_classes` (the synthetic ImageNet has 10 classes).
 NUM_CLASSES = {"imagenet": 1000, "cityscapes": CITYSCAPES_NUM_CLASSES, "ade20k": ADE20K_NUM_CLASSES,
                "coco": 17, "kitti": 3}
-DEFAULT_SIZES = {"imagenet": (224, 224), "cityscapes": (512, 1024), "ade20k": (512, 512),
-                 "coco": (256, 192), "kitti": None}
 
-__all__ = ["TASKS", "NUM_CLASSES", "DEFAULT_SIZES", "DATASETS", "PRESETS", "build_dataset", "collate_fn",
+__all__ = ["TASKS", "NUM_CLASSES", "DATASETS", "PRESETS", "build_dataset", "collate_fn",
            "build_loader", "make_dataset", "ensure_dataset", "default_root"]
 
 
@@ -40,7 +38,7 @@ OPTIONS = {
 
 def _size(task: str, size):
     if size is None:
-        return DEFAULT_SIZES[task]
+        return PAPER_SIZES[task]
     try:
         h, w = (int(v) for v in size)
     except (TypeError, ValueError):
@@ -80,33 +78,48 @@ def build_dataset(task: str, root, split: str, *, train: bool, size=None, seed: 
     if unknown:
         raise UserError(f"build_dataset({task!r}): unknown option(s) {', '.join(unknown)}; "
                         f"allowed: {', '.join(sorted(OPTIONS[task]))}")
-    if task == "imagenet":
-        from hrnas.data.imagenet import ImageNetDataset
-        hw = _size(task, size)
-        if train:
-            tf = T.ClsTrainTransform(hw, scale=options.get("crop_scale", (0.08, 1.0)),
-                                     flip_prob=options.get("flip_prob", 0.5), randaugment=options.get("randaugment"))
-        else:
-            tf = T.ClsEvalTransform(hw)
-        return ImageNetDataset(root, split, tf, seed=seed)
-    if task in ("cityscapes", "ade20k"):
-        h, w = _size(task, size)
-        img_scale = tuple(options.get("img_scale", (2 * w, 2 * h) if task == "cityscapes" else (4 * w, h)))
-        if train:
-            tf = T.SegTrainTransform((h, w), img_scale,
-                                     **_pick(options, ("ratio_range", "cat_max_ratio", "flip_prob", "photometric")))
-        else:
-            tf = T.SegEvalTransform(img_scale)
-        if task == "cityscapes":
-            from hrnas.data.cityscapes import CityscapesDataset
-            return CityscapesDataset(root, split, tf, seed=seed)
-        from hrnas.data.ade20k import ADE20KDataset
-        return ADE20KDataset(root, split, tf, reduce_zero_label=options.get("reduce_zero_label", True), seed=seed)
-    if task == "coco":
-        from hrnas.data.coco import CocoKeypointsDataset
-        return CocoKeypointsDataset(root, split, train=train, size=_size(task, size), seed=seed, **options)
+    return _BUILDERS[task](task, root, split, train, size, seed, options)
+
+
+def _imagenet(task, root, split, train, size, seed, options):
+    from hrnas.data.imagenet import ImageNetDataset
+    hw = _size(task, size)
+    if train:
+        tf = T.ClsTrainTransform(hw, scale=options.get("crop_scale", (0.08, 1.0)),
+                                 flip_prob=options.get("flip_prob", 0.5), randaugment=options.get("randaugment"))
+    else:
+        tf = T.ClsEvalTransform(hw)
+    return ImageNetDataset(root, split, tf, seed=seed)
+
+
+def _segmentation(task, root, split, train, size, seed, options):
+    h, w = _size(task, size)
+    img_scale = tuple(options.get("img_scale", (2 * w, 2 * h) if task == "cityscapes" else (4 * w, h)))
+    if train:
+        tf = T.SegTrainTransform((h, w), img_scale,
+                                 **_pick(options, ("ratio_range", "cat_max_ratio", "flip_prob", "photometric")))
+    else:
+        tf = T.SegEvalTransform(img_scale)
+    if task == "cityscapes":
+        from hrnas.data.cityscapes import CityscapesDataset
+        return CityscapesDataset(root, split, tf, seed=seed)
+    from hrnas.data.ade20k import ADE20KDataset
+    return ADE20KDataset(root, split, tf, reduce_zero_label=options.get("reduce_zero_label", True), seed=seed)
+
+
+def _coco(task, root, split, train, size, seed, options):
+    from hrnas.data.coco import CocoKeypointsDataset
+    return CocoKeypointsDataset(root, split, train=train, size=_size(task, size), seed=seed, **options)
+
+
+def _kitti(task, root, split, train, size, seed, options):  # the BEV grid follows point_cloud_range, not size
     from hrnas.data.kitti import KittiDataset
     aug = T.PointPillarsAugment(**_pick(options, ("flip_prob", "rot_range", "scale_range", "translate_std"))) \
         if train else None
     return KittiDataset(root, split, train=train, augment=aug, seed=seed,
                         **_pick(options, ("point_cloud_range", "fov_only")))
+
+
+# task -> dataset builder (build_dataset checks the root and the options first)
+_BUILDERS = {"imagenet": _imagenet, "cityscapes": _segmentation, "ade20k": _segmentation, "coco": _coco,
+             "kitti": _kitti}

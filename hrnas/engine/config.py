@@ -19,34 +19,38 @@ from importlib import resources
 import yaml
 
 from hrnas import TASKS
+from hrnas.engine.optim import DECAY_MODES, OPTIMIZERS
 from hrnas.errors import UserError
+from hrnas.models.anchor_head import NMS_KINDS
+from hrnas.models.searching_block import ATTENTION_TYPES, PLACEMENTS, SE_POSITIONS
+from hrnas.models.transformer import TOKEN_MODES
 
 __all__ = ["PRESETS", "presets_of", "load_config", "parse_override", "flatten", "resolve_rho"]
 
 PRESETS = ("paper", "tiny", "smoke")  # every task's; a task file may declare more
 _EXTENSIBLE = ("data", "model", "loss", "eval")
 
-# Allowed values of the named switches and enumerations (checked for files and overrides).
+# Allowed values of the named switches and enumerations (checked for files and overrides); where a module
+# owns the list, its constant is used. The search's own switches are listed here (search/ reads them).
 CHOICES = {
     "model.act": ("relu", "swish"),
-    "model.attention": ("none", "transformer", "nonlocal"),
-    "model.placement": ("res", "res+down"),
-    "model.se_on": ("hidden", "output"),
-    "model.se_placement": ("res", "res+down"),
-    "model.token_mode": ("channel", "spatial"),
-    "optim.name": ("rmsprop_tf", "adam", "adamw", "sgd"),
-    "optim.decay_mode": ("l2", "decoupled"),
+    "model.attention": ATTENTION_TYPES,
+    "model.placement": PLACEMENTS,
+    "model.se_on": SE_POSITIONS,
+    "model.se_placement": PLACEMENTS,
+    "model.token_mode": TOKEN_MODES,
+    "optim.name": OPTIMIZERS,
+    "optim.decay_mode": DECAY_MODES,
     "sched.name": ("onecycle", "exp_decay", "multistep", "cosine", "constant"),
     "search.variant": ("A", "B"),
     "search.lambda_source": ("paper", "code"),
     "search.cost_size": (224, "task"),
     "search.removable_size": ("cost", "task"),
     "search.token_cost": ("hrnas", "true"),
-    "search.token_alive": ("signed", "abs"),
     "search.export": ("best_val", "final"),
     "train.amp": ("none", "fp16", "bf16"),
     "eval.mode": ("whole", "slide"),
-    "eval.nms": ("axis", "rotated"),
+    "eval.nms": NMS_KINDS,
 }
 # Types of keys whose default is null (glob patterns allowed).
 NULLABLE = {

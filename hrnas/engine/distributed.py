@@ -14,9 +14,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hrnas.errors import UserError
+
 __all__ = [
     "DistInfo", "init_distributed", "is_dist", "rank", "world_size", "is_main", "all_reduce_sum",
     "broadcast_object", "all_gather_objects", "barrier", "seed_everything", "cleanup", "unwrap_model",
+    "average_buffers", "training_device",
 ]
 
 
@@ -125,3 +128,36 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return model.module
     return model
+
+
+@torch.no_grad()
+def average_buffers(net: nn.Module, world: int) -> None:
+    """Average the floating-point buffers (BN running statistics) over the processes: without SyncBatchNorm
+    each process updates them from its own batch; averaged after every step, the EMA, the checkpoint and
+    the evaluation are the same on every process (the training forward passes still normalise with each
+    process's own batch, as the authors' per-GPU BN)."""
+    if world == 1:
+        return
+    bufs = [b for b in net.buffers() if b.is_floating_point()]
+    if bufs:
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        all_reduce_sum(flat).div_(world)
+        offset = 0
+        for b in bufs:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
+def training_device(choice: str, default: torch.device, world: int) -> torch.device:
+    """``train.device``: auto = the process's device (CUDA when available), cpu, or cuda."""
+    if choice not in ("auto", "cpu", "cuda"):
+        raise UserError(f"train.device: unknown value '{choice}'; accepted: auto, cpu, cuda")
+    if choice == "cuda" and default.type != "cuda":
+        raise UserError(f"train.device=cuda: CUDA is not available (torch {torch.__version__}, CUDA build "
+                        f"{torch.version.cuda}, {torch.cuda.device_count()} devices visible); use train.device=auto or cpu")
+    if choice == "cpu" and default.type == "cuda":
+        if world > 1:
+            raise UserError("train.device=cpu under torchrun on a CUDA machine: the process group uses NCCL; "
+                            "hide the GPUs (CUDA_VISIBLE_DEVICES=) instead")
+        return torch.device("cpu")
+    return default

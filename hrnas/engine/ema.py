@@ -7,7 +7,6 @@ where ``t`` is the global step counted AFTER the optimizer step (1 at the first 
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
@@ -96,32 +95,6 @@ class ModelEMA:
         self._check_keys(tensors)
         for name, cur in tensors.items():
             cur.copy_(self.shadow[name])
-
-    def ema_model(self, model: nn.Module) -> nn.Module:
-        """A deep copy of the (unwrapped) model carrying the EMA weights (docs/authors-code.md §5)."""
-        clone = copy.deepcopy(unwrap_model(model))
-        self.copy_to(clone)
-        return clone
-
-    # --- surgery after channel removal (docs/authors-code.md §3.4) -------------------------------
-    def slice(self, name: str, index: torch.Tensor, dim: int) -> None:
-        """Keep entries ``index`` along ``dim`` of shadow ``name``."""
-        t = self.shadow[name]
-        index = torch.as_tensor(index, dtype=torch.long, device=t.device).flatten()
-        self.shadow[name] = t.index_select(dim, index).contiguous()
-
-    def drop(self, name: str) -> None:
-        """Forget shadow ``name`` (its parameter was removed from the model)."""
-        del self.shadow[name]
-
-    def rename(self, mapping: dict[str, str]) -> None:
-        """Rename shadows ``old -> new`` (e.g. ``ops.2.*`` -> ``ops.1.*`` after a path was removed)."""
-        unknown = sorted(set(mapping) - self.shadow.keys())
-        clash = sorted(set(mapping.values()) & (self.shadow.keys() - set(mapping)))
-        if unknown or clash:
-            raise KeyError(f"EMA rename: unknown shadows {unknown[:3]}, would overwrite {clash[:3]}")
-        moved = {new: self.shadow.pop(old) for old, new in mapping.items()}
-        self.shadow.update(moved)
 
     # --- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -12,7 +12,7 @@ from hrnas.errors import UserError
 
 __all__ = [
     "RMSpropTF", "build_optimizer", "build_optimizer_from_config", "optimizer_kwargs", "is_decayed", "l2_penalty",
-    "decay_param_groups", "remap_optimizer_state", "slice_optimizer_state", "drop_optimizer_param",
+    "decay_param_groups", "slice_optimizer_state", "drop_optimizer_param",
 ]
 
 OPTIMIZERS = ("rmsprop_tf", "adam", "adamw", "sgd")
@@ -39,7 +39,7 @@ class RMSpropTF(torch.optim.Optimizer):
     steps ~30x smaller with eps 1e-3) and timm folds lr into the momentum buffer; torch's RMSprop
     adds eps outside the sqrt. Per-parameter state: ``square_avg``, ``momentum_buffer`` (when
     momentum > 0), ``step`` — all element-wise tensors have the parameter's shape, so they can be
-    sliced when channels are removed (see :func:`remap_optimizer_state`).
+    sliced when channels are removed (see :func:`slice_optimizer_state`).
     """
 
     def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3,
@@ -194,69 +194,42 @@ def _find_in_groups(optimizer: torch.optim.Optimizer, param: torch.Tensor):
     raise ValueError(f"parameter of shape {tuple(param.shape)} is not in the optimizer")
 
 
-def _is_elementwise(t, old_shape, new_shape: torch.Size, dim: int, index: torch.Tensor) -> bool:
-    """A state tensor that follows the parameter element-wise (exp_avg, square_avg, ...) has the
-    parameter's old shape. When the old shape is unknown (``.data`` replaced in place): same rank,
-    same sizes as the new shape except along ``dim``, long enough for ``index``."""
-    if not torch.is_tensor(t) or t.dim() == 0:
-        return False
-    if old_shape is not None:
-        return t.shape == old_shape
-    if t.dim() != len(new_shape):
+def _is_elementwise(t, new_shape: torch.Size, dim: int, index: torch.Tensor) -> bool:
+    """A state tensor that follows the parameter element-wise (exp_avg, square_avg, ...): same rank,
+    same sizes as the sliced parameter except along ``dim``, long enough for ``index``."""
+    if not torch.is_tensor(t) or t.dim() != len(new_shape):
         return False
     same_other = all(t.shape[d] == new_shape[d] for d in range(t.dim()) if d != dim)
     return same_other and t.shape[dim] > int(index.max())
 
 
 @torch.no_grad()
-def remap_optimizer_state(optimizer: torch.optim.Optimizer, old_param: torch.Tensor,
-                          new_param: torch.Tensor, index: torch.Tensor, dim: int) -> None:
-    """Keep the entries ``index`` along ``dim`` of ``old_param``'s optimizer state for ``new_param``.
+def slice_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor,
+                          index: torch.Tensor, dim: int) -> None:
+    """Keep the entries ``index`` along ``dim`` of ``param``'s optimizer state.
 
-    Contract (docs/authors-code.md §3.4): call it right AFTER the model replaced a parameter by a
-    smaller one holding ``old[index]`` along ``dim``. ``old_param`` is the Parameter object the
-    optimizer currently holds; ``new_param`` is the Parameter now in the model — either a new
-    ``nn.Parameter`` (it takes ``old_param``'s place in its param group) or the very same object
-    whose ``.data`` was replaced in place (then pass it twice). Every element-wise state tensor
-    (square_avg, momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq, ...) is replaced by
-    ``index_select(dim, index)``; scalar entries (``step``) are kept. To slice along two dims,
-    call it twice, and exactly once per slicing (in the in-place case the old shape is inferred from
-    the state tensors). A parameter without state yet (never stepped) is only swapped.
+    Contract (docs/authors-code.md §3.4): call it right AFTER the model replaced ``param.data`` by
+    ``old[index]`` along ``dim`` (the Parameter object stays the one the optimizer holds). Every
+    element-wise state tensor (square_avg, momentum_buffer, exp_avg, exp_avg_sq, ...) becomes its
+    ``index_select(dim, index)``; scalar entries (``step``) are kept. To slice along two dims, call it
+    twice, exactly once per slicing (the old shape is read from the state tensors). A parameter
+    without state yet (never stepped) is left as it is.
     """
     index = torch.as_tensor(index, dtype=torch.long).flatten()
     if index.numel() == 0:
         raise ValueError("empty index: remove the parameter with drop_optimizer_param instead")
-    dim = dim % new_param.dim()
-    if new_param.shape[dim] != index.numel():
-        raise ValueError(f"new parameter has {new_param.shape[dim]} entries along dim {dim} "
+    dim = dim % param.dim()
+    if param.shape[dim] != index.numel():
+        raise ValueError(f"parameter has {param.shape[dim]} entries along dim {dim} "
                          f"but index has {index.numel()}")
-    old_shape = None
-    if old_param is not new_param:
-        old_shape = old_param.shape
-        expect = list(old_param.shape)
-        expect[dim] = index.numel()
-        if list(new_param.shape) != expect or int(index.max()) >= old_param.shape[dim]:
-            raise ValueError(f"new shape {tuple(new_param.shape)} is not old shape "
-                             f"{tuple(old_param.shape)} sliced along dim {dim}")
-    group, pos = _find_in_groups(optimizer, old_param)
-    state = optimizer.state.pop(old_param, {})
-    new_state = {}
-    for key, value in state.items():
-        if _is_elementwise(value, old_shape, new_param.shape, dim, index):
-            value = value.index_select(dim, index.to(value.device)).contiguous()
-        elif torch.is_tensor(value) and value.dim() > 0 and value.shape != new_param.shape:
+    _find_in_groups(optimizer, param)
+    state = optimizer.state.get(param, {})
+    for key, value in list(state.items()):
+        if _is_elementwise(value, param.shape, dim, index):
+            state[key] = value.index_select(dim, index.to(value.device)).contiguous()
+        elif torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
             raise ValueError(f"optimizer state {key!r} of shape {tuple(value.shape)} does not "
-                             f"match parameter shape {tuple(new_param.shape)} along dim {dim}")
-        new_state[key] = value
-    group["params"][pos] = new_param
-    if new_state:
-        optimizer.state[new_param] = new_state
-
-
-def slice_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor,
-                          index: torch.Tensor, dim: int) -> None:
-    """:func:`remap_optimizer_state` for a Parameter whose ``.data`` was replaced in place."""
-    remap_optimizer_state(optimizer, param, param, index, dim)
+                             f"match parameter shape {tuple(param.shape)} along dim {dim}")
 
 
 def drop_optimizer_param(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> None:

@@ -6,9 +6,11 @@ import io
 import json
 from pathlib import Path
 
+import torch
+
 from hrnas.io import atomic_write_text, json_default
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "StepMeter"]
 
 
 class RunLog:
@@ -57,3 +59,24 @@ class RunLog:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.csv, buf.getvalue())
+
+
+class StepMeter:
+    """Time and images of this session's training steps, for ``run.json``'s ``throughput``."""
+
+    def __init__(self):
+        self.seconds, self.steps, self.images = 0.0, 0, 0
+
+    def add(self, seconds: float, images: int) -> None:
+        self.seconds, self.steps, self.images = self.seconds + seconds, self.steps + 1, self.images + images
+
+    def record(self, device: torch.device, world: int) -> dict:
+        """Training images/s of all processes and this process's peak memory."""
+        import resource
+
+        cuda = device.type == "cuda"
+        peak = (torch.cuda.max_memory_allocated(device) if cuda else
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return {"train_images_per_s": round(self.images * world / self.seconds, 3) if self.seconds else None,
+                "train_steps_timed": self.steps, "peak_memory_gib": round(peak / 2 ** 30, 3),
+                "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process max RSS"}

@@ -46,7 +46,7 @@ from hrnas.engine.evaluation import (build_calib_loader, build_val_loader, calib
                                      reseed_augmentation)
 from hrnas.engine.hooks import Hook
 from hrnas.engine.optim import build_optimizer_from_config, l2_penalty
-from hrnas.engine.runlog import RunLog
+from hrnas.engine.runlog import RunLog, StepMeter
 from hrnas.engine.schedule import build_scheduler_from_config
 from hrnas.engine.state import load_optimizer_state_by_name, optimizer_state_by_name
 from hrnas.errors import UserError
@@ -89,7 +89,7 @@ class Trainer:
         info = D.init_distributed()
         self.device, self.rank, self.world = info.device, info.rank, info.world_size
         t = cfg["train"]
-        self.device = _training_device(t["device"], self.device, self.world)
+        self.device = D.training_device(t["device"], self.device, self.world)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.backends.cudnn.benchmark = bool(t["cudnn_benchmark"])
@@ -122,7 +122,7 @@ class Trainer:
         for hook in self.hooks:
             hook.setup(self)
         self.step, self.elapsed = 0, 0.0
-        self._train_s, self._train_steps, self._train_images = 0.0, 0, 0  # this session's steps (run.json: throughput)
+        self.meter = StepMeter()  # this session's training steps (run.json: throughput)
         self.best: dict | None = None
         self.last_metrics: dict = {}
         self.acc = self._zero_acc()
@@ -279,25 +279,11 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        self._sync_buffers()
+        if not self.sync_bn:  # SyncBatchNorm already computes global statistics
+            D.average_buffers(self.net, self.world)
         if self.ema is not None:
             self.ema.update(self.net)
         return {"loss": float(loss.detach()), "task_loss": float(task_loss.detach()), "lr": lr, **logs, **extra}
-
-    def _sync_buffers(self) -> None:
-        """Average the BN running statistics over ranks after every step (without SyncBatchNorm each rank
-        updates them from its own batch), so that the EMA, the checkpoint and the evaluation are the same
-        on every rank. The training forward passes still normalise with each rank's own batch."""
-        if self.world == 1 or self.sync_bn:  # SyncBatchNorm already computes global statistics
-            return
-        bufs = [b for b in self.net.buffers() if b.is_floating_point()]
-        if bufs:
-            flat = torch.cat([b.reshape(-1) for b in bufs])
-            D.all_reduce_sum(flat).div_(self.world)
-            offset = 0
-            for b in bufs:
-                b.copy_(flat[offset:offset + b.numel()].view_as(b))
-                offset += b.numel()
 
     def evaluate(self) -> dict:
         """Metrics of the current network (EMA weights when ``eval.use_ema``), evaluated on a copy that
@@ -367,8 +353,7 @@ class Trainer:
                     step = self.step + 1
                     t0 = time.perf_counter()
                     logs = self.train_step(batch, step)  # (it reads the loss: a CUDA device is synchronised)
-                    self._train_s += time.perf_counter() - t0
-                    self._train_steps, self._train_images = self._train_steps + 1, self._train_images + batch_size_of(batch)
+                    self.meter.add(time.perf_counter() - t0, batch_size_of(batch))
                     self.step = step
                     self.acc["n"] += 1
                     self.acc["loss"] += logs["loss"]
@@ -426,39 +411,18 @@ class Trainer:
                 return arch
         return spec_of(self.searchable)
 
-    def _profile(self, arch: dict) -> dict:
-        """Params and MACs of the exported network and of its super network at the task's paper size."""
-        from hrnas.models import PAPER_SIZES
-        from hrnas.profile import profile_arch
-
-        size = PAPER_SIZES[self.task.name]
-        searched = profile_arch(arch, size)
-        supernet = profile_arch({"task": arch["task"], "model": arch["model"]}, size)
-        return {"size": f"{size[0]}x{size[1]}", "convention": "true", "macs": searched.macs,
-                "params": searched.params, "supernet_macs": supernet.macs, "supernet_params": supernet.params,
-                "macs_ratio": searched.macs / supernet.macs, "params_ratio": searched.params / supernet.params}
-
     def _run_record(self, status: str, **extra) -> dict:
         return {"status": status, "task": self.task.name, **self.meta, "preset": self.cfg["preset"],
                 "world_size": self.world, "device": str(self.device), "versions": versions(),
                 "git_commit": git_info()["commit"], "config": self.cfg, "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps, "step": self.step, **extra}
 
-    def _throughput(self) -> dict:
-        """Training images/s of this session's steps (all processes) and this process's peak memory."""
-        import resource
-
-        peak = (torch.cuda.max_memory_allocated(self.device) if self.cuda else
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        return {"train_images_per_s": round(self._train_images * self.world / self._train_s, 3) if self._train_s else None,
-                "train_steps_timed": self._train_steps, "peak_memory_gib": round(peak / 2 ** 30, 3),
-                "peak_memory_kind": "cuda max_memory_allocated" if self.cuda else "process max RSS"}
-
     def _finish(self) -> dict:
-        from hrnas.models import save_arch, spec_of
+        from hrnas.models import PAPER_SIZES, save_arch, spec_of
+        from hrnas.profile import profile_export
 
         arch = self.exported_arch()
-        prof = self._profile(arch)
+        prof = profile_export(arch, PAPER_SIZES[self.task.name])
         wall = round(self.elapsed + self._session(), 2)
         best = None if self.best is None else {k: v for k, v in self.best.items() if k != "arch"}
         metrics = {k: v for k, v in self.last_metrics.items() if k != "step"}
@@ -469,7 +433,7 @@ class Trainer:
             hook_records = {k: v for hook in self.hooks for k, v in hook.record().items()}
             atomic_write_json(self.run_dir / "run.json", self._run_record(
                 "finished", wall_time_s=wall, metrics=metrics, best=best, profile=prof, arch=arch,
-                final_arch=spec_of(self.searchable), throughput=self._throughput(), **hook_records))
+                final_arch=spec_of(self.searchable), throughput=self.meter.record(self.device, self.world), **hook_records))
         D.barrier()
         return result
 
@@ -478,18 +442,3 @@ def batch_size_of(batch) -> int:
     """Samples in a training batch: the leading dimension of its first tensor (tuple or dict batches)."""
     first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values())) if isinstance(batch, dict) else batch
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 0
-
-
-def _training_device(choice: str, default: torch.device, world: int) -> torch.device:
-    """``train.device``: auto = the process's device (CUDA when available), cpu, or cuda."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise UserError(f"train.device: unknown value '{choice}'; accepted: auto, cpu, cuda")
-    if choice == "cuda" and default.type != "cuda":
-        raise UserError(f"train.device=cuda: CUDA is not available (torch {torch.__version__}, CUDA build "
-                        f"{torch.version.cuda}, {torch.cuda.device_count()} devices visible); use train.device=auto or cpu")
-    if choice == "cpu" and default.type == "cuda":
-        if world > 1:
-            raise UserError("train.device=cpu under torchrun on a CUDA machine: the process group uses NCCL; "
-                            "hide the GPUs (CUDA_VISIBLE_DEVICES=) instead")
-        return torch.device("cpu")
-    return default

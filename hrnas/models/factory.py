@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from hrnas import TASKS
+from hrnas import PAPER_SIZES, TASKS  # noqa: F401  (PAPER_SIZES re-exported by hrnas.models)
 from hrnas.errors import UserError
 from hrnas.io import atomic_write_json
 from hrnas.models.attention import NonLocal
@@ -49,9 +49,6 @@ TASK_DEFAULTS: dict[str, dict] = {
     "kitti": dict(head="dense", num_classes=None, head_channels=90, in_channels=64,
                   bn_momentum=0.01, bn_eps=1e-3, init="mnas"),
 }
-# Input size (H, W) at which the paper reports params/MACs for each task.
-PAPER_SIZES = {"imagenet": (224, 224), "cityscapes": (512, 1024), "ade20k": (512, 512), "coco": (256, 192),
-               "kitti": (496, 432)}
 COMMON_DEFAULTS = dict(expand_ratio=4, act="relu", attention="none", placement="res", tokens=64, proj=8,
                        decoder=True, token_mode="channel", se_ratio=None, se_on="hidden", se_placement="res+down")
 # Options that a retraining recipe sets on a searched architecture (``hrnas train --arch``): they do not

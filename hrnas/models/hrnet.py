@@ -22,16 +22,32 @@ import torch.nn.functional as F
 from hrnas.models.layers import ConvBNAct, NormConfig, make_activation
 from hrnas.models.searching_block import KERNEL_SIZES, AttentionConfig, SEConfig, SearchingBlock
 
-# (number of branches, blocks per branch, channels per branch) of the five parallel modules.
-STAGES: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = (
-    (1, (1,), (24,)),
-    (2, (2, 2), (18, 36)),
-    (3, (2, 2, 3), (18, 36, 72)),
-    (4, (2, 2, 3, 4), (18, 36, 72, 144)),
-    (4, (2, 2, 3, 4), (18, 36, 72, 144)),
+# (blocks per branch, channels per branch) of the five parallel modules; a module has one branch per entry.
+STAGES: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = (
+    ((1,), (24,)),
+    ((2, 2), (18, 36)),
+    ((2, 2, 3), (18, 36, 72)),
+    ((2, 2, 3, 4), (18, 36, 72, 144)),
+    ((2, 2, 3, 4), (18, 36, 72, 144)),
 )
 STEM_CHANNELS = 24
 EXPAND_RATIO = 4
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """Where a searching block sits (as timm's ``feature_info``): its module (``fuse2``, ``parallel3``,
+    ``head``), the branch it reads and the branch at whose resolution it computes (branch ``b`` is at
+    1/2^(b+2) of the input; a fusion up-path computes at the low resolution and is upsampled after), and its
+    widths and stride."""
+
+    name: str
+    module: str
+    in_branch: int
+    out_branch: int
+    inp: int
+    oup: int
+    stride: int
 
 
 @dataclass
@@ -40,8 +56,8 @@ class BlockFactory:
 
     In the supernet each kernel path has ``expand_ratio · inp`` hidden channels (4 in the paper) and
     each transformer ``attention.tokens`` tokens; ``arch`` (block name → {"kernels", "hidden",
-    "tokens"}) overrides both for a searched network. ``built`` records the construction order (the block order of the
-    architecture spec).
+    "tokens"}) overrides both for a searched network. ``built`` records each block's :class:`BlockInfo` in
+    construction order (the block order of the architecture spec).
     """
 
     expand_ratio: int = EXPAND_RATIO
@@ -50,9 +66,11 @@ class BlockFactory:
     attention: AttentionConfig = field(default_factory=lambda: AttentionConfig(type="none"))
     se: SEConfig = field(default_factory=SEConfig)
     arch: dict | None = None
-    built: list[str] = field(default_factory=list)
+    built: list[BlockInfo] = field(default_factory=list)
 
-    def __call__(self, name: str, inp: int, oup: int, stride: int) -> SearchingBlock:
+    def __call__(self, name: str, inp: int, oup: int, stride: int, *, module: str,
+                 branches: tuple[int, int]) -> SearchingBlock:
+        """The block ``name`` of ``module`` reading branch ``branches[0]``, computing at ``branches[1]``."""
         if self.arch is not None:
             entry = self.arch[name]
             kernels, hidden, tokens = entry["kernels"], entry["hidden"], entry.get("tokens", 0)
@@ -62,7 +80,7 @@ class BlockFactory:
         block = SearchingBlock(inp, oup, stride, hidden, kernels, self.act, self.norm, self.attention, tokens,
                                self.se)
         block.block_name = name
-        self.built.append(name)
+        self.built.append(BlockInfo(name, module, branches[0], branches[1], inp, oup, stride))
         return block
 
 
@@ -76,10 +94,12 @@ class FuseModule(nn.Module):
         for i in range(min(self.num_in, self.num_out)):
             for j in (i - 1, i, i + 1):
                 if 0 <= j < self.num_in:
-                    stride = 2 if j == i - 1 else 1
-                    self.paths[f"{i}_{j}"] = make(f"fuse{index}.{i}_{j}", in_channels[j], out_channels[i], stride)
+                    stride = 2 if j == i - 1 else 1  # down from branch j to i; up: at j, upsampled after
+                    self.paths[f"{i}_{j}"] = make(f"fuse{index}.{i}_{j}", in_channels[j], out_channels[i], stride,
+                                                  module=f"fuse{index}", branches=(j, i if j == i - 1 else j))
         self.new_branches = nn.ModuleList(
-            make(f"fuse{index}.new{b}", out_channels[b - 1], out_channels[b], 2)
+            make(f"fuse{index}.new{b}", out_channels[b - 1], out_channels[b], 2, module=f"fuse{index}",
+                 branches=(b - 1, b))
             for b in range(self.num_in, self.num_out))
         self.act = make_activation(make.act)
 
@@ -110,7 +130,8 @@ class ParallelModule(nn.Module):
     def __init__(self, index: int, blocks: Sequence[int], channels: Sequence[int], make: BlockFactory):
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Sequential(*(make(f"parallel{index}.{b}_{m}", c, c, 1) for m in range(n)))
+            nn.Sequential(*(make(f"parallel{index}.{b}_{m}", c, c, 1, module=f"parallel{index}", branches=(b, b))
+                            for m in range(n)))
             for b, (n, c) in enumerate(zip(blocks, channels)))
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -132,13 +153,14 @@ class HRNet(nn.Module):
         self.fuse = nn.ModuleList()
         self.parallel = nn.ModuleList()
         channels: Sequence[int] = (STEM_CHANNELS,)
-        for index, (_, blocks, widths) in enumerate(STAGES):
+        for index, (blocks, widths) in enumerate(STAGES):
             self.fuse.append(FuseModule(index, channels, widths, make))
             self.parallel.append(ParallelModule(index, blocks, widths, make))
             channels = widths
         self.branch_channels = tuple(channels)
         self.head = head_factory(make, self.branch_channels)
-        self.block_order = tuple(make.built)
+        self.feature_info: tuple[BlockInfo, ...] = tuple(make.built)
+        self.block_order = tuple(info.name for info in self.feature_info)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         xs = [self.stem(x)]

@@ -181,19 +181,25 @@ class LightweightTransformer(nn.Module):
         size = ((h + 1) // 2, (w + 1) // 2) if self.downsample else (h, w)  # = a stride-2 conv's output
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
-    def attention_macs(self) -> int:
-        """True MACs of the encoder/decoder layers (linears and the QKᵀ, AV matmuls), convs excluded."""
-        dim, length = self.token_shape(self.num_tokens)
+    def attention_macs(self, num_tokens: int | None = None) -> int:
+        """True MACs of the encoder/decoder layers (linears and the QKᵀ, AV matmuls), convs excluded,
+        with ``num_tokens`` tokens (default: the current number)."""
+        dim, length = self.token_shape(self.num_tokens if num_tokens is None else num_tokens)
         layers = 2 if self.decoder is not None else 1
         return layers * (6 * length * dim * dim + 2 * length * length * dim)
 
-    def hrnas_attention_macs(self) -> int:
+    def hrnas_attention_macs(self, num_tokens: int | None = None) -> int:
         """MACs the authors' profiler adds for the attention layers (docs/authors-code.md §2.3).
 
         Their hooks see the encoder attention as 2·L·S·E + 4·L·E², miss the decoder attention
         (called with keyword arguments) and count each FFN linear as n MACs; convolutions are counted
         by the ordinary conv rule elsewhere.
         """
-        dim, length = self.token_shape(self.num_tokens)
+        dim, length = self.token_shape(self.num_tokens if num_tokens is None else num_tokens)
         ffn_linears = 4 if self.decoder is not None else 2
         return 2 * length * length * dim + 4 * length * dim * dim + ffn_linears * length
+
+    def projection_macs(self, num_tokens: int | None = None) -> int:
+        """MACs of the two 1×1 projections at s×s (in: C_in + 2 coordinate channels → n; out: n → C_out)."""
+        n = self.num_tokens if num_tokens is None else num_tokens
+        return self.proj_size ** 2 * n * (self.in_channels + 2 + self.out_channels)

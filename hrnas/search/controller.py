@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from hrnas.engine.config import CHOICES
 from hrnas.engine.schedule import rho_at
 from hrnas.errors import UserError
 from hrnas.profile import profile
@@ -39,8 +40,8 @@ from hrnas.search.probe import ProbeBatch, measure_shrink
 from hrnas.search.shrink import ShrinkLog, apply_to_ema, apply_to_optimizer, shrink_block, shrink_tokens
 
 BUDGET_TOLERANCE = 0.05
-TOKEN_COSTS = ("hrnas", "true")
-REMOVABLE_SIZES = ("cost", "task")
+TOKEN_COSTS = CHOICES["search.token_cost"]
+REMOVABLE_SIZES = CHOICES["search.removable_size"]
 
 
 def budget_input_size(cfg: dict, input_size: tuple[int, int]) -> tuple[int, int]:

@@ -26,22 +26,14 @@ from hrnas.models.transformer import LightweightTransformer
 
 def transformer_true_macs(t: LightweightTransformer, num_tokens: int) -> int:
     """True MACs of a transformer with ``num_tokens`` tokens (docs/authors-code.md §2.3, generalised)."""
-    s2 = t.proj_size ** 2
-    dim, length = t.token_shape(num_tokens)
-    projections = s2 * num_tokens * (t.in_channels + 2) + s2 * num_tokens * t.out_channels
-    layers = 2 if t.decoder is not None else 1
-    return projections + layers * (6 * length * dim * dim + 2 * length * length * dim)  # = attention_macs
+    return t.projection_macs(num_tokens) + t.attention_macs(num_tokens)
 
 
 def transformer_hrnas_macs(t: LightweightTransformer, num_tokens: int) -> int:
     """MACs the authors' profiler reports for a channel-token transformer with ``num_tokens`` tokens: its
     two 1×1 projections at s×s plus :meth:`LightweightTransformer.hrnas_attention_macs`, i.e.
     ``n·d·(C_in + 2 + C_out) + 4·n·d² + 2·n²·d + 4·n`` with a decoder (``2·n`` without)."""
-    s2 = t.proj_size ** 2
-    dim, length = t.token_shape(num_tokens)
-    ffn_linears = 4 if t.decoder is not None else 2
-    projections = s2 * num_tokens * (t.in_channels + 2) + s2 * num_tokens * t.out_channels
-    return projections + 2 * length * length * dim + 4 * length * dim * dim + ffn_linears * length
+    return t.projection_macs(num_tokens) + t.hrnas_attention_macs(num_tokens)
 
 
 def hrnas_token_base(t: LightweightTransformer, initial_tokens: int) -> int:
@@ -75,35 +67,15 @@ def branch_sizes(size: tuple[int, int], branches: int = 4) -> list[tuple[int, in
     return out
 
 
-def _levels(name: str) -> tuple[int, int]:
-    """(input branch, output branch) of a searching block, from its name (see ``hrnas.models.hrnet``)."""
-    module, _, rest = name.partition(".")
-    if module.startswith("fuse"):
-        if rest.startswith("new"):
-            b = int(rest[3:])
-            return b - 1, b
-        i, j = (int(v) for v in rest.split("_"))
-        return j, (i if j == i - 1 else j)  # the up path runs at the low resolution, then upsamples
-    if module.startswith("parallel"):
-        b = int(rest.split("_")[0])
-        return b, b
-    if rest == "transform":
-        return 0, 0
-    if rest.startswith("incre"):
-        b = int(rest[5:])
-        return b, b
-    if rest.startswith("down"):
-        b = int(rest[4:])
-        return b, b + 1
-    raise ValueError(f"unknown searching block name {name!r}")
-
-
 def block_geometry(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, BlockGeometry]:
-    """Input/output areas of every searching block for one input of ``size`` (from the block layout)."""
+    """Input/output areas of every searching block for one input of ``size`` (from the network's
+    ``feature_info``: the branches each block reads and computes at)."""
     net = getattr(model, "module", model)
     sizes = branch_sizes(size)
+    blocks = dict(net.searching_blocks())
     geo = {}
-    for name, block in net.searching_blocks():
-        i, o = _levels(name)
-        geo[name] = BlockGeometry(block.inp, block.oup, sizes[i][0] * sizes[i][1], sizes[o][0] * sizes[o][1])
+    for info in net.feature_info:
+        i, o = info.in_branch, info.out_branch
+        block = blocks[info.name]
+        geo[info.name] = BlockGeometry(block.inp, block.oup, sizes[i][0] * sizes[i][1], sizes[o][0] * sizes[o][1])
     return geo

@@ -5,28 +5,25 @@
 """
 from __future__ import annotations
 
+import importlib
+
 from hrnas.errors import UserError
 from hrnas.tasks.base import Task
 
-FAMILIES = {"imagenet": "classification", "cityscapes": "segmentation", "ade20k": "segmentation",
-            "coco": "keypoints", "kitti": "detection3d"}
+# task -> (module of hrnas.tasks, Task class): the registry get_task reads (modules imported on first use)
+REGISTRY = {"imagenet": ("classification", "ClassificationTask"), "cityscapes": ("segmentation", "SegmentationTask"),
+            "ade20k": ("segmentation", "SegmentationTask"), "coco": ("keypoints", "KeypointsTask"),
+            "kitti": ("detection3d", "Detection3DTask")}
+FAMILIES = {task: module for task, (module, _) in REGISTRY.items()}
 
 
 def get_task(cfg: dict) -> Task:
     """The task object for a recipe (``cfg["task"]`` names the dataset)."""
     name = cfg.get("task")
-    if name not in FAMILIES:
-        raise UserError(f"unknown task {name!r}; accepted: {', '.join(FAMILIES)}")
-    family = FAMILIES[name]
-    if family == "classification":
-        from hrnas.tasks.classification import ClassificationTask as cls
-    elif family == "segmentation":
-        from hrnas.tasks.segmentation import SegmentationTask as cls
-    elif family == "keypoints":
-        from hrnas.tasks.keypoints import KeypointsTask as cls
-    else:
-        from hrnas.tasks.detection3d import Detection3DTask as cls
-    return cls(cfg)
+    if name not in REGISTRY:
+        raise UserError(f"unknown task {name!r}; accepted: {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[name]
+    return getattr(importlib.import_module(f"hrnas.tasks.{module}"), cls)(cfg)
 
 
-__all__ = ["FAMILIES", "Task", "get_task"]
+__all__ = ["FAMILIES", "REGISTRY", "Task", "get_task"]

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from hrnas import TASKS
 from hrnas.io import atomic_directory
 from hrnas.errors import UserError
 
-DATASETS = ("imagenet", "cityscapes", "ade20k", "coco", "kitti")
+DATASETS = TASKS  # one miniature per benchmark
 PRESETS = ("smoke", "tiny")
 MARKER = "_SYNTHETIC"
 
