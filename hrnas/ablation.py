@@ -166,7 +166,7 @@ def row_costs(table: str, baseline: dict) -> pd.DataFrame:
 def _experiment(mode: str, run_dir: Path, recipe: str, root: Path, overrides: list, arch=None,
                 progress: bool = False) -> dict:
     """One run (search or retraining) in ``run_dir``; a finished identical run there is reused."""
-    from hrnas.tasks.runner import find_identical_run, run_experiment
+    from hrnas.experiment import find_identical_run, run_experiment
 
     cfg = load_config(TASK, recipe, overrides)
     if mode == "train":
@@ -185,7 +185,7 @@ def baseline_arch(preset: str = "tiny", data_root=None, out_dir="runs/ablation",
     ``<out_dir>/baseline_search`` (reused when it finished with the same recipe) and return its final
     architecture, also written to ``<out_dir>/baseline_arch.json``."""
     from hrnas.models import save_arch
-    from hrnas.tasks.runner import resolve_data_root
+    from hrnas.experiment import resolve_data_root
 
     p = ablation_preset(preset)
     root = resolve_data_root(TASK, p["recipe"], data_root)
@@ -214,7 +214,7 @@ def train_rows(table: str, baseline: dict, *, preset: str = "tiny", data_root=No
     """Retrain every row of ``table`` for every seed (``seed``, ``seed + 1``, ...; default: the preset's first) (``<out_dir>/<experiment>/seed<k>``); a finished
     identical run is reused (Table 2 reuses Table 1's Baseline and s=8×8). Returns one line per
     (row, seed): mIoU/mACC/aACC in %, the run folder and whether it was reused."""
-    from hrnas.tasks.runner import resolve_data_root
+    from hrnas.experiment import resolve_data_root
 
     p = ablation_preset(preset)
     seeds = p["seeds"] if seeds is None else seeds
@@ -363,7 +363,7 @@ def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | 
     "chance_mIoU", "synthetic"}``."""
     from hrnas.data.synthetic import read_marker
     from hrnas.models import load_arch
-    from hrnas.tasks.runner import data_label, resolve_data_root
+    from hrnas.experiment import data_label, resolve_data_root
     from hrnas.viz.tables import save_table
 
     rows_of(table)

@@ -146,7 +146,7 @@ def _add_search_train_eval(sub) -> None:
 
 
 def run_search_or_train(args) -> int:
-    from hrnas.tasks.runner import run_experiment
+    from hrnas.experiment import run_experiment
 
     result = run_experiment(args.task, mode=args.command, out=args.out, data_root=args.data_root,
                             preset=args.preset, overrides=args.overrides, arch=getattr(args, "arch", None),
@@ -170,7 +170,7 @@ def run_eval(args) -> int:
         return 0
     if args.checkpoint is None:
         raise UserError("eval: give --checkpoint FILE (or, for kitti, --results DIR)")
-    from hrnas.tasks.runner import evaluate_checkpoint
+    from hrnas.experiment import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.task, args.checkpoint, data_root=args.data_root, preset=args.preset,
                                   overrides=args.overrides, detections=args.detections)
@@ -179,7 +179,7 @@ def run_eval(args) -> int:
 
 
 def run_export(args) -> int:
-    from hrnas.tasks.runner import export_arch
+    from hrnas.experiment import export_arch
 
     path = export_arch(args.run_dir, args.out)
     print(f"wrote {path}")

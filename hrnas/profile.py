@@ -25,7 +25,8 @@ import torch.nn as nn
 from torch.utils import flop_counter
 
 from hrnas.errors import UserError
-from hrnas.models.attention import NonLocal, SqueezeExcite
+from hrnas.models.non_local import NonLocal
+from hrnas.models.squeeze_excite import SqueezeExcite
 from hrnas.models.searching_block import SearchingBlock
 from hrnas.models.transformer import Attention, LightweightTransformer
 

@@ -12,7 +12,7 @@ import torch
 from hrnas import ablation as A
 from hrnas.cli import main as hrnas_main
 from hrnas.models import build_model, spec_of
-from hrnas.models.attention import NonLocal
+from hrnas.models.non_local import NonLocal
 from hrnas.viz.tables import paper_table
 
 # resolution (H·W at 512×1024) of the residual blocks by their width: branches at 1/4, 1/8, 1/16, 1/32

@@ -9,15 +9,7 @@ import pytest
 from hrnas.cli import main
 from hrnas.engine.checkpoint import find_latest, load_checkpoint
 from hrnas.models import count_params, load_arch, spec_of
-from hrnas.tasks.runner import load_run
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HRNAS_DATA_DIR", str(path))
-        yield path
+from hrnas.experiment import load_run
 
 
 def _run(argv, capsys):

@@ -4,27 +4,14 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from hrnas.data import build_dataset, build_loader, make_dataset
+from hrnas.data import build_dataset, build_loader
 from hrnas.data.kitti import Calibration, parse_label_file
 from hrnas.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    base = tmp_path_factory.mktemp("smoke")
-    return {name: make_dataset(name, base / name, preset="smoke", seed=0, progress=False)
-            for name in ("imagenet", "cityscapes", "ade20k", "coco", "kitti")}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

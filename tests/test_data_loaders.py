@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hrnas.data import DATASETS, build_dataset, build_loader, collate_fn, make_dataset
+from hrnas.data import build_dataset, build_loader, collate_fn
 from hrnas.data.coco import CocoKeypointsDataset
 from hrnas.data.kitti import (REAL_RANGE, SYNTHETIC_RANGE, Calibration, KittiObject, boxes_to_corners,
                               camera_boxes_to_lidar, collate_kitti, lidar_boxes_to_camera, points_in_boxes)
@@ -23,18 +23,7 @@ MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    base = tmp_path_factory.mktemp("smoke")
-    return {name: make_dataset(name, base / name, preset="smoke", seed=0, progress=False) for name in DATASETS}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- ImageNet

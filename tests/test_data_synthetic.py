@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 import hrnas.data.synthetic as synthetic
@@ -17,18 +16,7 @@ from hrnas.data.labels import CITYSCAPES_LABELS, cityscapes_id_to_train_id_lut
 from hrnas.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    base = tmp_path_factory.mktemp("smoke")
-    return {name: make_dataset(name, base / name, preset="smoke", seed=0, progress=False) for name in DATASETS}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tree_digest(root: Path) -> dict:

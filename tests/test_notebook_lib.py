@@ -217,7 +217,7 @@ def test_taskrun_needs_its_steps_in_order(tmp_path):
 
 
 def test_taskrun_search_and_evaluation(imagenet_run):
-    from hrnas.tasks.runner import evaluate_checkpoint
+    from hrnas.experiment import evaluate_checkpoint
 
     run, table, _ = imagenet_run
     assert run.search_dir == run.final_dir == run.run_root / "search" and (run.run_root / "arch.json").is_file()
@@ -238,7 +238,7 @@ def test_calibrated_network_without_metrics_and_a_run_without_its_network(imagen
     re-calibration, so the same weights and predictions), and a run opened without its checkpoint."""
     import torch
 
-    from hrnas.tasks.runner import evaluate_checkpoint, load_run
+    from hrnas.experiment import evaluate_checkpoint, load_run
 
     run, _, _ = imagenet_run
     info, prepared = evaluate_checkpoint("imagenet", run.final_dir, data_root=run.data_root, return_model=True,

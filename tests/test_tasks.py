@@ -17,14 +17,6 @@ from hrnas.tasks.segmentation import SegmentationTask, slide_logits, whole_logit
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HRNAS_DATA_DIR", str(path))
-        yield path
-
-
 class Replay(nn.Module):
     """Returns pre-computed outputs in order, ignoring its input (an oracle network)."""
 

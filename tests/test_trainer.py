@@ -18,14 +18,6 @@ from hrnas.engine.state import load_optimizer_state_by_name, optimizer_state_by_
 from hrnas.search.hook import EMAView
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HRNAS_DATA_DIR", str(path))
-        yield path
-
-
 def _net(order):
     layers = {"a": nn.Linear(4, 3), "b": nn.Linear(3, 2)}
     net = nn.Module()

@@ -23,7 +23,7 @@ def worker(out: Path) -> None:
     from hrnas.engine.trainer import Trainer
     from hrnas.search import search_hooks
     from hrnas.tasks import get_task
-    from hrnas.tasks.runner import resolve_data_root
+    from hrnas.experiment import resolve_data_root
 
     D.init_distributed()
     cfg = load_config("cityscapes", "smoke", OVERRIDES)
@@ -39,7 +39,7 @@ def worker(out: Path) -> None:
 
 def test_two_gloo_processes_agree_with_one(tmp_path, monkeypatch):
     from hrnas.data import ensure_dataset
-    from hrnas.tasks.runner import evaluate_checkpoint
+    from hrnas.experiment import evaluate_checkpoint
 
     monkeypatch.setenv("HRNAS_DATA_DIR", str(tmp_path / "data"))
     ensure_dataset("cityscapes", "smoke")

@@ -1,6 +1,6 @@
 """Evaluation as a run does it: BN re-calibration on training batches, then the task's metrics.
 
-The trainer evaluates with these functions during a run, and ``hrnas eval`` (``hrnas.tasks.runner``)
+The trainer evaluates with these functions during a run, and ``hrnas eval`` (``hrnas.experiment``)
 with the same ones on a checkpoint, so that both give the same numbers: the same loaders
 (:func:`build_val_loader`, :func:`build_calib_loader`), the same calibration seed
 (:func:`calibration_seed`) and the same weights (:func:`checkpoint_weights`).

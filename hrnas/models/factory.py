@@ -26,7 +26,7 @@ import torch.nn as nn
 from hrnas import PAPER_SIZES, TASKS  # noqa: F401  (PAPER_SIZES re-exported by hrnas.models)
 from hrnas.errors import UserError
 from hrnas.io import atomic_write_json
-from hrnas.models.attention import NonLocal
+from hrnas.models.non_local import NonLocal
 from hrnas.models.heads import ClassificationHead, DenseHead
 from hrnas.models.hrnet import BlockFactory, HRNet
 from hrnas.models.layers import ACTIVATIONS, NormConfig
@@ -207,6 +207,30 @@ def spec_of(model: HRNet) -> dict:
             "blocks": [block_entry(name, block) for name, block in net.searching_blocks()]}
 
 
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def validate_block(entry, source: str = "arch") -> None:
+    """Raise ``UserError`` naming ``source`` if one block entry of a spec is malformed: a name, positive
+    ``inp``/``oup``/``stride``, distinct kernel sizes with one hidden width >= 0 each, ``tokens`` >= 0."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise UserError(f"{source}: block {entry!r} is not a dict with a \"name\"")
+    name = entry["name"]
+    for key in ("inp", "oup", "stride"):
+        if not _is_int(entry.get(key), 1):
+            raise UserError(f"{source}: block '{name}' needs a positive integer {key!r} (got {entry.get(key)!r})")
+    kernels, hidden = entry.get("kernels"), entry.get("hidden")
+    if (not isinstance(kernels, list) or not isinstance(hidden, list) or len(kernels) != len(hidden)
+            or len(set(kernels)) != len(kernels) or any(k not in KERNEL_SIZES for k in kernels)):
+        raise UserError(f"{source}: block '{name}': kernels must be distinct values from {list(KERNEL_SIZES)} with "
+                        f"one hidden width each (got kernels={kernels!r}, hidden={hidden!r})")
+    if not all(_is_int(h, 0) for h in hidden):
+        raise UserError(f"{source}: block '{name}': hidden widths must be integers >= 0 (got {hidden!r})")
+    if not _is_int(entry.get("tokens", 0), 0):
+        raise UserError(f"{source}: block '{name}': tokens must be an integer >= 0 (got {entry.get('tokens')!r})")
+
+
 def validate_arch(spec, task: str | None, source: str = "arch") -> None:
     """Raise ``UserError`` naming ``source`` and the first problem found in an architecture spec."""
     def bad(msg):
@@ -234,16 +258,7 @@ def validate_arch(spec, task: str | None, source: str = "arch") -> None:
         for key in ("inp", "oup", "stride"):
             if entry.get(key) != ref[key]:
                 bad(f"block '{name}': {key}={entry.get(key)!r} but the {spec['task']} super network has {ref[key]}")
-        kernels, hidden = entry.get("kernels"), entry.get("hidden")
-        if (not isinstance(kernels, list) or not isinstance(hidden, list) or len(kernels) != len(hidden)
-                or len(set(kernels)) != len(kernels) or any(k not in KERNEL_SIZES for k in kernels)):
-            bad(f"block '{name}': kernels must be distinct values from {list(KERNEL_SIZES)} with one hidden "
-                f"width each (got kernels={kernels!r}, hidden={hidden!r})")
-        if any(not isinstance(h, int) or h < 0 for h in hidden):
-            bad(f"block '{name}': hidden widths must be integers >= 0 (got {hidden!r})")
-        tokens = entry.get("tokens", 0)
-        if not isinstance(tokens, int) or tokens < 0:
-            bad(f"block '{name}': tokens must be an integer >= 0 (got {tokens!r})")
+        validate_block(entry, source)
     missing = sorted(set(reference) - set(names))
     if missing:
         bad(f"{len(missing)} blocks of the {spec['task']} super network are missing, e.g. '{missing[0]}'")

@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from hrnas.models.attention import NonLocal, SqueezeExcite
+from hrnas.models.non_local import NonLocal
+from hrnas.models.squeeze_excite import SqueezeExcite
 from hrnas.models.depthwise import DepthwiseConv2d
 from hrnas.models.layers import NormConfig, make_activation
 from hrnas.models.transformer import LightweightTransformer

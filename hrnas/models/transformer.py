@@ -74,25 +74,10 @@ class FeedForward(nn.Sequential):
                          nn.Linear(dim, dim, bias=False))
 
 
-class EncoderLayer(nn.Module):
-    """Post-norm encoder layer: x = LN(x + SA(x)); x = LN(x + FFN(x))."""
-
-    def __init__(self, dim: int, dropout: float = 0.1):
-        super().__init__()
-        self.attn = Attention(dim, dropout)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.drop1 = nn.Dropout(dropout)
-        self.drop2 = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.drop1(self.attn(x, x)))
-        return self.norm2(x + self.drop2(self.ffn(x)))
-
-
 class DecoderLayer(nn.Module):
-    """Cross-attention from learned queries to the encoder memory, residual on the memory, then FFN."""
+    """Post-norm attention layer with the residual on the memory: x = LN(memory + A(queries, memory));
+    x = LN(x + FFN(x)). The decoder's queries are learned; the encoder is the same layer with queries =
+    memory (self-attention)."""
 
     def __init__(self, dim: int, dropout: float = 0.1):
         super().__init__()
@@ -103,9 +88,16 @@ class DecoderLayer(nn.Module):
         self.drop1 = nn.Dropout(dropout)
         self.drop2 = nn.Dropout(dropout)
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor):
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         x = self.norm1(memory + self.drop1(self.attn(queries, memory)))
         return self.norm2(x + self.drop2(self.ffn(x)))
+
+
+class EncoderLayer(DecoderLayer):
+    """Post-norm self-attention layer: x = LN(x + SA(x)); x = LN(x + FFN(x))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, x)
 
 
 class LightweightTransformer(nn.Module):

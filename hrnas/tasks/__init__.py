@@ -1,4 +1,4 @@
-"""Per-task glue (loss, inference, evaluation) and the experiment runner behind ``hrnas search|train|eval``.
+"""Per-task glue (loss, inference, evaluation); the experiment API behind ``hrnas search|train|eval`` is :mod:`hrnas.experiment`.
 
 ``get_task(cfg)`` returns the :class:`~hrnas.tasks.base.Task` of a loaded recipe: classification
 (imagenet), segmentation (cityscapes, ade20k), keypoints (coco) or detection3d (kitti).

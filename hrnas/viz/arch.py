@@ -29,9 +29,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, Polygon
 
 from hrnas.errors import UserError
+from hrnas.models.factory import validate_block
+from hrnas.models.searching_block import KERNEL_SIZES
 from hrnas.viz.plots import save_figure
 
-KERNELS = (3, 5, 7)
+KERNELS = KERNEL_SIZES  # the searching block's kernel paths
 KERNEL_COLORS = {3: "#1f77b4", 5: "#ff7f0e", 7: "#2ca02c", "mixed": "#7b4fb0"}
 SHORTCUT_COLOR = "#8c8c8c"
 SUPERNET_COLOR = "#b8b8b8"
@@ -53,26 +55,13 @@ def _blocks(spec, param: str = "spec") -> list[dict]:
         raise UserError(f"{param}: expected an architecture spec dict with a non-empty \"blocks\" list "
                         "(hrnas.models.spec_of(model))")
     out, seen = [], set()
-    for i, b in enumerate(spec["blocks"]):
-        if not isinstance(b, dict) or not isinstance(b.get("name"), str):
-            raise UserError(f"{param}: block #{i} is not a dict with a \"name\"")
+    for b in spec["blocks"]:
+        validate_block(b, param)
         name = b["name"]
         if name in seen:
             raise UserError(f"{param}: duplicate block '{name}'")
         seen.add(name)
-        for key in ("inp", "oup", "stride"):
-            if not isinstance(b.get(key), int) or isinstance(b.get(key), bool) or b[key] < 1:
-                raise UserError(f"{param}: block '{name}' needs a positive integer {key!r} (got {b.get(key)!r})")
-        kernels, hidden = b.get("kernels"), b.get("hidden")
-        if (not isinstance(kernels, list) or not isinstance(hidden, list) or len(kernels) != len(hidden)
-                or any(k not in KERNELS for k in kernels) or len(set(kernels)) != len(kernels)):
-            raise UserError(f"{param}: block '{name}': kernels must be distinct values from {list(KERNELS)} with one "
-                            f"hidden width each (got kernels={kernels!r}, hidden={hidden!r})")
-        if any(not isinstance(h, int) or isinstance(h, bool) or h < 0 for h in hidden):
-            raise UserError(f"{param}: block '{name}': hidden widths must be integers >= 0 (got {hidden!r})")
-        tokens = b.get("tokens", 0)
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-            raise UserError(f"{param}: block '{name}': tokens must be an integer >= 0 (got {tokens!r})")
+        kernels, hidden, tokens = b["kernels"], b["hidden"], b.get("tokens", 0)
         paths = {k: 0 for k in KERNELS}
         for k, h in zip(kernels, hidden):
             paths[k] = h
