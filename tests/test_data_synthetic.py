@@ -234,3 +234,16 @@ def test_make_synthetic_script(tmp_path, capsys):
     assert mod.main(["imagenet", "--out", str(tmp_path / "in"), "--preset", "smoke"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: output folder") and "\n" not in err
+
+
+def test_generator_versions_are_the_documented_ones():
+    """docs/datasets.md lists each generator's VERSION: bumping one (the cached data is regenerated) updates the docs."""
+    import re
+    from pathlib import Path
+
+    from hrnas.data import synthetic
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "datasets.md").read_text()
+    line = text[text.index("Current versions"):].split("\n\n")[0].split(".\n")[0]
+    documented = {name.lower(): int(v) for name, v in re.findall(r"(ImageNet|Cityscapes|COCO|ADE20K|KITTI) (\d+)", line)}
+    assert documented == {name: synthetic.generator_version(name) for name in ("imagenet", "cityscapes", "coco", "ade20k", "kitti")}
