@@ -35,7 +35,8 @@ def block_names(task: str) -> list[tuple[str, str]]:
     """(their module path, our block name) of every searching block, in their block order."""
     names = []
     in_branches = len((STEM_CHANNELS,))
-    for k, (branches, blocks, _) in enumerate(STAGES):
+    for k, (blocks, _) in enumerate(STAGES):
+        branches = len(blocks)
         fuse, parallel = 2 * k, 2 * k + 1
         for i in range(min(in_branches, branches)):
             for j in (i - 1, i, i + 1):
