@@ -11,7 +11,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture
 def one_thread():
-    """Run a test with one torch thread (the data tests compare per-sample results)."""
+    """Run a test with one torch thread (per-sample comparisons; single-threaded is faster on a shared 2-core machine)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -12,15 +12,6 @@ from hrnas.models.pointpillars import (PillarConfig, PillarFeatureNet, PointPill
 SMALL = PillarConfig((0.0, -2.0, -1.0, 3.2, 2.0, 1.0), (0.4, 0.4, 2.0), max_pillars=15, max_points_per_pillar=3)
 
 
-@pytest.fixture
-def one_thread():
-    """The overfit test is faster single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_cloud(n, batch_size, seed=0):
     """Points (n, 5) b,x,y,z,r on a margin around SMALL's range, so some fall outside it."""
     g = torch.Generator().manual_seed(seed)
