@@ -222,7 +222,7 @@ def slice_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor,
     if param.shape[dim] != index.numel():
         raise ValueError(f"parameter has {param.shape[dim]} entries along dim {dim} "
                          f"but index has {index.numel()}")
-    _find_in_groups(optimizer, param)
+    _find_in_groups(optimizer, param)  # raises when the optimizer does not hold ``param``
     state = optimizer.state.get(param, {})
     for key, value in list(state.items()):
         if _is_elementwise(value, param.shape, dim, index):

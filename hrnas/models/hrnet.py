@@ -38,16 +38,13 @@ EXPAND_RATIO = 4
 class BlockInfo:
     """Where a searching block sits (as timm's ``feature_info``): its module (``fuse2``, ``parallel3``,
     ``head``), the branch it reads and the branch at whose resolution it computes (branch ``b`` is at
-    1/2^(b+2) of the input; a fusion up-path computes at the low resolution and is upsampled after), and its
-    widths and stride."""
+    1/2^(b+2) of the input; a fusion up-path computes at the low resolution and is upsampled after). Its
+    widths and stride are the block's own (``inp``, ``oup``, ``stride``)."""
 
     name: str
     module: str
     in_branch: int
     out_branch: int
-    inp: int
-    oup: int
-    stride: int
 
 
 @dataclass
@@ -80,7 +77,7 @@ class BlockFactory:
         block = SearchingBlock(inp, oup, stride, hidden, kernels, self.act, self.norm, self.attention, tokens,
                                self.se)
         block.block_name = name
-        self.built.append(BlockInfo(name, module, branches[0], branches[1], inp, oup, stride))
+        self.built.append(BlockInfo(name, module, *branches))
         return block
 
 
