@@ -7,6 +7,16 @@ at its 512×1024 crop with a batch of 2 (its global batch of 32 is for 8 GPUs). 
 embedded synthetic street scenes (the paper pipeline upsamples them to the 2048×1024 scale first).
 
     python benchmarks/bench_train.py [--presets tiny paper] [--steps 4] [--paper-steps 2] [--workers 2]
+
+``--variants fast,plain,fast-ckpt`` instead times the tiny step of one trainer in each variant (``plain``:
+the searching blocks' plain computation, one expand tensor sliced per path and stock convolutions,
+``HRNet.set_fast_paths(False)``; ``fast``: the fast kernel paths; ``-ckpt``: with
+``train.grad_checkpointing``; ``-foreach``: torch's optimizer updating all tensors at once instead of its
+CPU default, tensor by tensor), alternating A B C, C B A, ... over ``--rounds`` on the same batches, and
+prints each variant's median step and its speed-up against the first one. ``fast`` is the tiny step as it
+was before ``train.fast_paths: auto`` chose the plain computation for small inputs.
+
+    python benchmarks/bench_train.py --variants fast,plain,fast-ckpt --steps 6 --rounds 3 --threads 2
 """
 from __future__ import annotations
 
@@ -47,7 +57,58 @@ def train_rate(trainer, steps: int) -> tuple[float, float]:
     return sum(batch_size_of(b) for b in loaded) / elapsed, elapsed / steps
 
 
-def bench(preset: str, steps: int, workers: int, batch: int | None, task: str = "cityscapes") -> dict:
+VARIANT_FLAGS = ("ckpt", "foreach")
+
+
+def parse_variant(variant: str) -> tuple[bool, set[str]]:
+    """``plain|fast[-ckpt][-foreach]`` -> (fast paths?, flags)."""
+    kind, *flags = variant.split("-")
+    if kind not in ("plain", "fast") or not set(flags) <= set(VARIANT_FLAGS) or len(set(flags)) != len(flags):
+        raise ValueError(variant)
+    return kind == "fast", set(flags)
+
+
+def variant_rates(trainer, variants: list[str], steps: int, rounds: int) -> list[dict]:
+    """Median seconds per ``trainer.train_step`` of each variant, the variants alternating by round on the
+    same ``steps`` batches (one warm-up step per variant first). The step index stays 1, so no search
+    schedule (penalty ramp, shrink) moves between the variants."""
+    import statistics
+
+    from hrnas.engine.trainer import batch_size_of
+
+    trainer._start_epoch(0)
+    it = iter(trainer.train_loader)
+    loaded = [next(it) for _ in range(steps)]
+    net = trainer.searchable
+
+    def use(variant: str) -> None:
+        fast, flags = parse_variant(variant)
+        net.set_fast_paths(fast)
+        net.set_grad_checkpointing("ckpt" in flags)
+        for group in trainer.optimizer.param_groups:
+            if "foreach" in group:
+                group["foreach"] = "foreach" in flags or None
+
+    for v in variants:
+        use(v)
+        trainer.train_step(loaded[0], 1)
+    times = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            use(v)
+            for batch in loaded:
+                start = time.perf_counter()
+                trainer.train_step(batch, 1)
+                times[v].append(time.perf_counter() - start)
+    base = statistics.median(times[variants[0]])
+    images = batch_size_of(loaded[0])
+    return [{"variant": v, "median_s": round(statistics.median(t), 4), "min_s": round(min(t), 4),
+             "speedup": round(base / statistics.median(t), 3), "images_per_s": round(images / statistics.median(t), 2),
+             "steps": len(t)} for v, t in times.items()]
+
+
+def make_trainer(preset: str, workers: int, batch: int | None, task: str, run_dir: str):
+    """A trainer of ``task``/``preset`` on the embedded tiny data (search hooks as configured)."""
     from hrnas.data import ensure_dataset
     from hrnas.engine.config import load_config
     from hrnas.engine.trainer import Trainer
@@ -59,9 +120,14 @@ def bench(preset: str, steps: int, workers: int, batch: int | None, task: str = 
         overrides.append(f"data.batch_size={batch}")
     cfg = load_config(task, preset, overrides)
     root = ensure_dataset(task, "tiny")
+    return Trainer(get_task(cfg), cfg, run_dir, data_root=root, hooks=search_hooks(cfg), progress=False,
+                   meta={"mode": "bench"})
+
+
+def bench(preset: str, steps: int, workers: int, batch: int | None, task: str = "cityscapes") -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(get_task(cfg), cfg, run_dir, data_root=root, hooks=search_hooks(cfg), progress=False,
-                          meta={"mode": "bench"})
+        trainer = make_trainer(preset, workers, batch, task, run_dir)
+        cfg = trainer.cfg
         images_s, step_s = train_rate(trainer, steps)
         load_s = loader_rate(trainer, max(steps, 4))
     size = cfg["data"].get("crop_size") or cfg["data"].get("input_size") or "-"
@@ -81,16 +147,42 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--task", default="cityscapes", help="task of the tiny preset (the paper preset: cityscapes)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated plain|fast[-ckpt][-foreach]: time the tiny step in each (see above)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --variants (alternating order)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "cpu"}
+    if args.variants:
+        variants = args.variants.split(",")
+        unknown = []
+        for v in variants:
+            try:
+                parse_variant(v)
+            except ValueError:
+                unknown.append(v)
+        if unknown or args.steps < 1 or args.rounds < 1:
+            parser.error(f"--variants: {', '.join(unknown)} is not plain|fast[-ckpt][-foreach]" if unknown else
+                         "--steps and --rounds must be >= 1")
+        with tempfile.TemporaryDirectory() as run_dir:
+            rows = variant_rates(make_trainer("tiny", args.workers, None, args.task, run_dir), variants,
+                                 args.steps, args.rounds)
+        if args.json:
+            print(json.dumps({"machine": info, "task": args.task, "preset": "tiny", "results": rows}))
+            return
+        print(f"{args.task} tiny, torch {info['torch']}, {info['threads']} threads, {args.rounds} rounds of "
+              f"{args.steps} steps; ratios against {variants[0]}")
+        print(f"{'variant':<12}{'median s':>10}{'min s':>9}{'speed-up':>10}{'img/s':>8}")
+        for r in rows:
+            print(f"{r['variant']:<12}{r['median_s']:>10}{r['min_s']:>9}{r['speedup']:>9}x{r['images_per_s']:>8}")
+        return
     rows = []
     for preset in args.presets:
         paper = preset == "paper"
         rows.append(bench(preset, args.paper_steps if paper else args.steps, args.workers,
                           args.paper_batch if paper else None, "cityscapes" if paper else args.task))
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "cpu"}
     if args.json:
         print(json.dumps({"machine": info, "results": rows}))
         return

@@ -17,7 +17,8 @@
 Where the modules go (docs/design.md, "Ablation modules"): the transformer in the 44 residual blocks
 (n tokens each, ``model.placement=res``); SE as the authors' fused retraining block (SE on the kernel
 paths' hidden features, bottleneck round(0.5 · block input), every searching block); Non-local in the
-44 residual blocks, zero-initialised output BN. The recipes per preset are in
+11 residual blocks of the 1/8 branch, inner width round(3.5 · C), zero-initialised output BN. The recipes
+per preset are in
 ``hrnas/configs/ablation.yaml``.
 """
 from __future__ import annotations
@@ -66,13 +67,18 @@ class Module:
     def key(self) -> str:
         """The experiment's name (its run folder): rows with equal modules share it."""
         if self.kind != "transformer":
-            return {"none": "baseline", "se": "se", "nonlocal": "nonlocal"}[self.kind]
+            return {"none": "baseline", "se": "se", "nonlocal": NONLOCAL_KEY}[self.kind]
         return f"transformer_n{self.tokens}_s{self.proj}_{'encdec' if self.decoder else 'enc'}_{self.token_mode}"
 
 
 # The authors' fused SE (their retraining block): on the hidden features, bottleneck round(0.5·inp), every block.
 SE_OPTIONS = {"se_ratio": 0.5, "se_on": "hidden", "se_placement": "res+down"}
-ATTENTION_PLACEMENT = "res"  # the 44 residual blocks, for the transformer and Non-local alike
+ATTENTION_PLACEMENT = "res"  # the 44 residual blocks (the transformer); Non-local: those of one branch
+# Non-local in the 11 residual blocks of the 1/8 branch with inner width round(3.5·C): the one placement
+# whose FLOPs/params ratio is the paper's (2×2-pooled keys at 1/8: 5,120 MACs per weight; paper 1.088 G /
+# 0.197 M = 5,523), the width then setting the params (docs/design.md, "Ablation modules").
+NONLOCAL_OPTIONS = {"placement": "res", "attention_branches": [1], "nonlocal_ratio": 3.5}
+NONLOCAL_KEY = "nonlocal_b1_r3.5"
 
 MODULES = {
     "table1": {"Baseline": Module(), **{f"s={s}x{s}": Module("transformer", proj=s) for s in (2, 4, 8, 16)}},
@@ -125,13 +131,14 @@ def check_baseline(spec: dict, source: str = "arch") -> dict:
 
 
 def row_arch(baseline: dict, module: Module) -> dict:
-    """The baseline arch spec with ``module`` added (transformer / Non-local in the residual blocks)."""
+    """The baseline arch spec with ``module`` added (the transformer in the residual blocks, Non-local in
+    those of the 1/8 branch)."""
     spec = copy.deepcopy(baseline)
-    if module.kind in ("transformer", "nonlocal"):
-        spec["model"].update(attention=module.kind, placement=ATTENTION_PLACEMENT)
+    if module.kind == "nonlocal":
+        spec["model"].update(attention="nonlocal", **NONLOCAL_OPTIONS)
     if module.kind == "transformer":
-        spec["model"].update(tokens=module.tokens, proj=module.proj, decoder=module.decoder,
-                             token_mode=module.token_mode)
+        spec["model"].update(attention="transformer", placement=ATTENTION_PLACEMENT, tokens=module.tokens,
+                             proj=module.proj, decoder=module.decoder, token_mode=module.token_mode)
         for block in spec["blocks"]:  # n tokens in every residual block (stride 1, same width)
             residual = block["stride"] == 1 and block["inp"] == block["oup"]
             block["tokens"] = module.tokens if residual and ATTENTION_PLACEMENT == "res" else 0

@@ -62,10 +62,15 @@ def test_row_costs_equal_hand_computed_deltas(baseline):
     e, length = n, 64
     macs = sum(n * 64 * (2 * c + 2) + 2 * length * length * e + 4 * length * e * e + 2 * length for c in widths)
     assert (costs2.loc["Enc (spatial)", "FLOPs"] - costs2.loc["Baseline", "FLOPs"]) * 1e9 == pytest.approx(macs)
-    # Non-local in the residual blocks: θ, φ, g (C → C/2) and the output conv; keys/values pooled 2×2;
-    # the attention matmuls are invisible to the authors' profiler
-    params = sum(4 * c * (c // 2) for c in widths)
-    macs = sum(c * (c // 2) * RES_HW[c] * 2.5 for c in widths)
+    # Non-local in the residual blocks of the 1/8 branch (11 of width 36): θ, φ, g (C → round(3.5·C) = 126)
+    # and the output conv; keys/values pooled 2×2; the attention matmuls are invisible to the authors' profiler
+    branch = {info.name: info.out_branch for info in build_model(arch=baseline).feature_info}
+    eighth = [b["inp"] for b in baseline["blocks"]
+              if b["stride"] == 1 and b["inp"] == b["oup"] and branch[b["name"]] == 1]
+    assert eighth == [36] * 11
+    params = sum(4 * c * 126 for c in eighth)
+    macs = sum(c * 126 * RES_HW[c] * 2.5 for c in eighth)
+    assert (params, macs) == (199_584, 1_021_870_080)
     assert (costs2.loc["Non-local", "Params"] - costs2.loc["Baseline", "Params"]) * 1e6 == pytest.approx(params)
     assert (costs2.loc["Non-local", "FLOPs"] - costs2.loc["Baseline", "FLOPs"]) * 1e9 == pytest.approx(macs)
     # SE (the authors' fused block): reduce Σh → round(inp/2) and back, with biases, in every block with paths;
@@ -115,6 +120,20 @@ def test_nonlocal_starts_as_identity_after_the_network_init():
     assert all(torch.all(m.weight == 1) for m in other)
     b = blocks[0].eval()
     assert torch.count_nonzero(b(torch.randn(1, b.theta.in_channels, 8, 8))) == 0
+
+
+def test_attention_branches_and_nonlocal_width_place_the_table2_module():
+    net = build_model("cityscapes", attention="nonlocal", attention_branches=[1], nonlocal_ratio=3.5, expand_ratio=1)
+    branch = {info.name: info.out_branch for info in net.feature_info}
+    placed = {m.block_name: m.non_local for m in net.modules() if getattr(m, "non_local", None) is not None}
+    assert len(placed) == 11 and {branch[name] for name in placed} == {1}
+    assert {(nl.theta.in_channels, nl.theta.out_channels, nl.out.in_channels) for nl in placed.values()} == {(36, 126, 126)}
+    spec = A.row_arch(spec_of(build_model("cityscapes", expand_ratio=1, attention="none")), A.rows_of("table2")["Non-local"])
+    assert sum(isinstance(m, NonLocal) for m in build_model(arch=spec).modules()) == 11
+    for bad, needle in ((dict(attention_branches=[-1]), "attention_branches"), (dict(attention_branches=[]), "attention_branches"),
+                        (dict(nonlocal_ratio=0), "nonlocal_ratio")):
+        with pytest.raises(A.UserError, match=needle):
+            build_model("cityscapes", attention="nonlocal", **bad)
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -118,3 +118,20 @@ def test_fast_paths_equal_plain_paths_on_a_small_supernet():
     # the fast path adds almost nothing to the layout's own rounding (measured: median 5e-7, max 6e-4)
     errs = sorted(_rel(b.grad, a.grad) for a, b in zip(plain_cl.parameters(), fast.parameters()))
     assert errs[len(errs) // 2] < 1e-5 and errs[-1] < 3e-3
+
+
+def test_profile_and_the_search_see_the_same_network_in_both_computations():
+    """The plain computation calls the depthwise convs through their modules, so the profiler's hooks (and the
+    search's MACs accounting built on them) count them: a plain and a fast network profile alike."""
+    from hrnas.models.searching_block import use_fast_paths
+    from hrnas.profile import profile
+
+    net = build_model("cityscapes", expand_ratio=1)
+    fast = profile(net, (64, 128), on_meta=False)
+    net.set_fast_paths(False)
+    plain = profile(net, (64, 128), on_meta=False)
+    assert plain.macs == fast.macs and plain.params == fast.params
+    assert use_fast_paths("auto", (64, 128)) is False and use_fast_paths("auto", (256, 512)) is True
+    assert use_fast_paths(True, (8, 8)) is True and use_fast_paths(False, (512, 1024)) is False
+    with pytest.raises(ValueError, match="fast_paths"):
+        use_fast_paths("yes", (64, 128))

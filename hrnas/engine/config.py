@@ -22,7 +22,7 @@ from hrnas import TASKS
 from hrnas.engine.optim import DECAY_MODES, OPTIMIZERS
 from hrnas.errors import UserError
 from hrnas.models.anchor_head import NMS_KINDS
-from hrnas.models.searching_block import ATTENTION_TYPES, PLACEMENTS, SE_POSITIONS
+from hrnas.models.searching_block import ATTENTION_TYPES, FAST_PATHS, PLACEMENTS, SE_POSITIONS
 from hrnas.models.transformer import TOKEN_MODES
 
 __all__ = ["PRESETS", "presets_of", "load_config", "parse_override", "flatten", "resolve_rho"]
@@ -49,6 +49,7 @@ CHOICES = {
     "search.token_cost": ("hrnas", "true"),
     "search.export": ("best_val", "final"),
     "train.amp": ("none", "fp16", "bf16"),
+    "train.fast_paths": FAST_PATHS,
     "eval.mode": ("whole", "slide"),
     "eval.nms": NMS_KINDS,
 }
@@ -57,6 +58,7 @@ NULLABLE = {
     "data.root": str,
     "data.randaugment": list,
     "model.se_ratio": float,
+    "model.attention_branches": list,
     "train.max_steps": int,
     "train.grad_clip": float,
     "sched.warmup_lr": float,

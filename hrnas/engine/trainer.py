@@ -51,6 +51,7 @@ from hrnas.engine.schedule import build_scheduler_from_config
 from hrnas.engine.state import load_optimizer_state_by_name, optimizer_state_by_name
 from hrnas.errors import UserError
 from hrnas.io import atomic_write_json
+from hrnas.models.searching_block import use_fast_paths
 from hrnas.provenance import git_info, versions
 
 __all__ = ["Trainer", "NonFiniteLoss"]
@@ -114,6 +115,7 @@ class Trainer:
         self._to_memory_format()
         self.searchable = task.searchable(self.net)
         self.searchable.set_grad_checkpointing(bool(cfg["train"]["grad_checkpointing"]))
+        self.searchable.set_fast_paths(use_fast_paths(cfg["train"]["fast_paths"], tuple(task.input_size())))
         self.optimizer = build_optimizer_from_config(self.net, cfg)
         self.scheduler = build_scheduler_from_config(self.optimizer, cfg, total_steps=self.total_steps,
                                                      steps_per_epoch=self.steps_per_epoch)

@@ -92,10 +92,13 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding
 
 class DepthwiseConv2d(nn.Conv2d):
     """A k×k depthwise ``nn.Conv2d`` (groups = channels, no bias, padding k // 2) computed by
-    :func:`depthwise_conv2d`."""
+    :func:`depthwise_conv2d`, or by the stock convolution with ``plain=True`` (called through the module
+    either way, so forward hooks such as the profiler's see it)."""
 
     def __init__(self, channels: int, kernel: int, stride: int = 1):
         super().__init__(channels, channels, kernel, stride, kernel // 2, groups=channels, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
+        if plain:
+            return super().forward(x)
         return depthwise_conv2d(x, self.weight, self.stride[0], self.padding[0])

@@ -49,8 +49,9 @@ TASK_DEFAULTS: dict[str, dict] = {
     "kitti": dict(head="dense", num_classes=None, head_channels=90, in_channels=64,
                   bn_momentum=0.01, bn_eps=1e-3, init="mnas"),
 }
-COMMON_DEFAULTS = dict(expand_ratio=4, act="relu", attention="none", placement="res", tokens=64, proj=8,
-                       decoder=True, token_mode="channel", se_ratio=None, se_on="hidden", se_placement="res+down")
+COMMON_DEFAULTS = dict(expand_ratio=4, act="relu", attention="none", placement="res", attention_branches=None,
+                       tokens=64, proj=8, decoder=True, token_mode="channel", nonlocal_ratio=0.5, se_ratio=None,
+                       se_on="hidden", se_placement="res+down")
 # Options that a retraining recipe sets on a searched architecture (``hrnas train --arch``): they do not
 # change the searched blocks, and HR-NAS†‡ adds SE and Swish only when retraining (supplement §1).
 RETRAIN_OPTIONS = ("act", "se_ratio", "se_on", "se_placement", "dropout", "init", "num_classes")
@@ -70,18 +71,25 @@ def model_options(task: str, **overrides) -> dict:
     return opts
 
 
+def _positive_number(value, upper: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= upper
+
+
 def _check_options(opts: dict) -> None:
     checks = [
         ("act", opts["act"] in ACTIVATIONS, ", ".join(ACTIVATIONS)),
         ("attention", opts["attention"] in ATTENTION_TYPES, ", ".join(ATTENTION_TYPES)),
         ("placement", opts["placement"] in PLACEMENTS, ", ".join(PLACEMENTS)),
+        ("attention_branches", opts["attention_branches"] is None or (
+            isinstance(opts["attention_branches"], (list, tuple)) and len(opts["attention_branches"]) > 0
+            and all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in opts["attention_branches"])),
+         "null (every branch) or a list of branch indices >= 0"),
+        ("nonlocal_ratio", _positive_number(opts["nonlocal_ratio"], 16), "a number in (0, 16]"),
         ("token_mode", opts["token_mode"] in TOKEN_MODES, ", ".join(TOKEN_MODES)),
         ("expand_ratio", isinstance(opts["expand_ratio"], int) and opts["expand_ratio"] >= 1, "an integer >= 1"),
         ("tokens", isinstance(opts["tokens"], int) and opts["tokens"] >= 1, "an integer >= 1"),
         ("proj", isinstance(opts["proj"], int) and opts["proj"] >= 1, "an integer >= 1"),
-        ("se_ratio", opts["se_ratio"] is None or (isinstance(opts["se_ratio"], (int, float))
-                                                  and not isinstance(opts["se_ratio"], bool)
-                                                  and 0 < opts["se_ratio"] <= 16), "null or a number in (0, 16]"),
+        ("se_ratio", opts["se_ratio"] is None or _positive_number(opts["se_ratio"], 16), "null or a number in (0, 16]"),
         ("se_on", opts["se_on"] in SE_POSITIONS, ", ".join(SE_POSITIONS)),
         ("se_placement", opts["se_placement"] in PLACEMENTS, ", ".join(PLACEMENTS)),
     ]
@@ -91,8 +99,11 @@ def _check_options(opts: dict) -> None:
 
 
 def _attention(opts: dict) -> AttentionConfig:
+    branches = opts["attention_branches"]
     return AttentionConfig(type=opts["attention"], placement=opts["placement"], tokens=opts["tokens"],
-                           proj=opts["proj"], decoder=bool(opts["decoder"]), token_mode=opts["token_mode"])
+                           proj=opts["proj"], decoder=bool(opts["decoder"]), token_mode=opts["token_mode"],
+                           branches=None if branches is None else tuple(branches),
+                           nonlocal_ratio=float(opts["nonlocal_ratio"]))
 
 
 def se_config(opts: dict) -> SEConfig:

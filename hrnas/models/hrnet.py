@@ -75,7 +75,7 @@ class BlockFactory:
             kernels, hidden = KERNEL_SIZES, [self.expand_ratio * inp] * len(KERNEL_SIZES)
             tokens = self.attention.tokens
         block = SearchingBlock(inp, oup, stride, hidden, kernels, self.act, self.norm, self.attention, tokens,
-                               self.se)
+                               self.se, branch=branches[1])
         block.block_name = name
         self.built.append(BlockInfo(name, module, *branches))
         return block

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 
 class NonLocal(nn.Module):
-    """Embedded-Gaussian non-local block returning W·softmax(θφᵀ)g (added to the block output)."""
+    """Embedded-Gaussian non-local block returning W·softmax(θφᵀ)g (added to the block output); θ, φ, g
+    map the C channels to max(1, round(``ratio`` · C)) (Wang et al.: C/2)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, ratio: float = 0.5):
         super().__init__()
-        inner = max(1, channels // 2)
+        inner = max(1, round(channels * ratio))
         self.theta = nn.Conv2d(channels, inner, 1, bias=False)
         self.phi = nn.Conv2d(channels, inner, 1, bias=False)
         self.g = nn.Conv2d(channels, inner, 1, bias=False)

@@ -38,6 +38,20 @@ from hrnas.models.transformer import LightweightTransformer
 
 KERNEL_SIZES = (3, 5, 7)
 ATTENTION_TYPES = ("none", "transformer", "nonlocal")
+FAST_PATHS = ("auto", True, False)
+# ``auto``: the fast paths from this many input pixels per sample on. Measured on the 2-core EPYC, one
+# invocation each: at 64×128 (the tiny crop; benchmarks/bench_train.py) the plain computation is 1.12–1.17×
+# faster (the per-path kernels add launches on small tensors), at 256×512 (bench_supernet.py, both
+# channels_last) the fast paths are 1.22× faster; the threshold is the geometric middle of the two sizes.
+FAST_PATHS_MIN_PIXELS = 128 * 256
+
+
+def use_fast_paths(setting, input_size: tuple[int, int]) -> bool:
+    """Whether a network trained at ``input_size`` (H, W) uses the fast kernel paths under ``setting``
+    (``train.fast_paths``: auto | true | false)."""
+    if setting not in FAST_PATHS:
+        raise ValueError(f"fast_paths={setting!r}: expected one of auto, true, false")
+    return setting if isinstance(setting, bool) else input_size[0] * input_size[1] >= FAST_PATHS_MIN_PIXELS
 PLACEMENTS = ("res", "res+down")
 SE_POSITIONS = ("hidden", "output")
 
@@ -53,9 +67,11 @@ class AttentionConfig:
     """Which attention module the searching blocks carry, and where.
 
     ``type``: none | transformer | nonlocal. ``placement``: ``res`` = the residual blocks only
-    (stride 1, same width: 44 in every HR-NAS supernet), ``res+down`` = every searching block.
-    Transformer settings: ``tokens`` n, ``proj`` s, ``decoder`` (False = encoder only),
-    ``token_mode`` channel | spatial.
+    (stride 1, same width: 44 in every HR-NAS supernet), ``res+down`` = every searching block;
+    ``branches``: only the blocks computing at these branches (branch b at 1/2^(b+2) of the input;
+    None = all). Transformer settings: ``tokens`` n, ``proj`` s, ``decoder`` (False = encoder only),
+    ``token_mode`` channel | spatial. Non-local: inner width round(``nonlocal_ratio`` · C) (Wang et al.:
+    0.5).
     """
 
     type: str = "transformer"
@@ -64,9 +80,12 @@ class AttentionConfig:
     proj: int = 8
     decoder: bool = True
     token_mode: str = "channel"
+    branches: tuple[int, ...] | None = None
+    nonlocal_ratio: float = 0.5
 
-    def applies_to(self, inp: int, oup: int, stride: int) -> bool:
-        return self.type != "none" and _placed(self.placement, inp, oup, stride)
+    def applies_to(self, inp: int, oup: int, stride: int, branch: int | None = None) -> bool:
+        return (self.type != "none" and _placed(self.placement, inp, oup, stride)
+                and (self.branches is None or branch in self.branches))
 
 
 @dataclass(frozen=True)
@@ -155,11 +174,13 @@ class SearchingBlock(nn.Module):
         tokens: transformer tokens (0: no transformer in this block); used when ``attention.type`` is
             ``transformer``.
         se: Squeeze-and-Excitation settings (default: none).
+        branch: the branch at whose resolution the block computes (for ``attention.branches``).
     """
 
     def __init__(self, inp: int, oup: int, stride: int, hidden: Sequence[int],
                  kernels: Sequence[int] = KERNEL_SIZES, act: str = "relu", norm: NormConfig = NormConfig(),
-                 attention: AttentionConfig | None = None, tokens: int = 0, se: SEConfig | None = None):
+                 attention: AttentionConfig | None = None, tokens: int = 0, se: SEConfig | None = None,
+                 branch: int | None = None):
         super().__init__()
         if len(hidden) != len(kernels):
             raise ValueError(f"hidden {list(hidden)} and kernels {list(kernels)} differ in length")
@@ -189,12 +210,12 @@ class SearchingBlock(nn.Module):
         self.fast_paths = True  # per-path expand and strip depthwise gradients (HRNet.set_fast_paths)
         self.transformer = self.non_local = None
         attention = attention or AttentionConfig(type="none")
-        if attention.applies_to(inp, oup, stride):
+        if attention.applies_to(inp, oup, stride, branch):
             if attention.type == "transformer" and tokens > 0:
                 self.transformer = LightweightTransformer(inp, oup, tokens, attention.proj, attention.decoder,
                                                           attention.token_mode, downsample=stride == 2)
             elif attention.type == "nonlocal" and self.residual:
-                self.non_local = NonLocal(inp)
+                self.non_local = NonLocal(inp, attention.nonlocal_ratio)
         se = se or SEConfig()
         self.se = self.se_on = None
         if total and se.applies_to(inp, oup, stride):
@@ -212,7 +233,7 @@ class SearchingBlock(nn.Module):
             paths = [self.act(bn(dw(self.act(h)))) for h, dw, bn in zip(hidden, self.dw, self.dw_bn)]
         else:  # the plain computation: one expand tensor, channel slices of it, stock convolutions
             h = self.act(self.expand_bn(self.expand(x)))
-            paths = [self.act(bn(nn.Conv2d.forward(dw, p)))
+            paths = [self.act(bn(dw(p, plain=True)))
                      for p, dw, bn in zip(h.split(self.hidden, dim=1), self.dw, self.dw_bn)]
         if self.se_on == "hidden":  # SE over the concatenated hidden channels (the authors' fused block)
             paths = self.se(paths)
