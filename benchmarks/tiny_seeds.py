@@ -44,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this tree's hrnas, as in the runs (their PYTHONPATH starts with REPO)
-from hrnas import TASKS  # noqa: E402
+from hrnas import MINIATURE_PRESETS, TASKS  # noqa: E402
 DEFAULT_SEEDS = (1995, 1, 2, 3, 4)
 from hrnas.errors import UserError  # noqa: E402
 from hrnas.expected import RUN_METRICS  # noqa: E402  (metric names and units of the notebooks)
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     p.add_argument("--jobs", type=int, default=2, help="runs at the same time, one torch thread each")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "seeds")
-    p.add_argument("--preset", choices=("tiny", "smoke"), default="tiny")
+    p.add_argument("--preset", choices=MINIATURE_PRESETS, default="tiny")
     p.add_argument("--write-table", action="store_true", help=f"also write {PACKAGED_TABLE.relative_to(REPO)}")
     p.add_argument("--table", type=Path, default=PACKAGED_TABLE, help="where --write-table writes")
     p.add_argument("--set", nargs="+", default=[], metavar="key=value", dest="overrides",

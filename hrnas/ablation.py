@@ -312,10 +312,24 @@ def build_table(table: str, costs: pd.DataFrame, scores: pd.DataFrame, label: st
     return merged, caption
 
 
+def _label_points(ax, x: list, y: list, names: list, gap: float = 0.075) -> None:
+    """Each point's label to its right, the labels stacked by height at least ``gap`` of the y range apart
+    (so none overlap, however close the points); a thin line joins a moved label to its point."""
+    lo, hi = ax.get_ylim()
+    step, last = (hi - lo) * gap, -math.inf
+    for yi, xi, name in sorted(zip(y, x, names)):
+        ly = max(yi, last + step)
+        last = ly
+        ax.annotate(name, (xi, yi), xytext=(xi * 1.3, ly), textcoords="data", fontsize=8, va="center",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="grey") if ly > yi else None)
+    if math.isfinite(last):
+        ax.set_ylim(lo, max(hi, last + step))
+
+
 def plot_deltas(merged: pd.DataFrame, table: str, label: str, path=None):
     """Δ mIoU to the Baseline against the cost each row adds (log axis): ours (mean with its 95 %
     interval) and the paper's side by side. Rows adding no cost (≤ 0) cannot sit on a log axis and are
-    listed in the panel instead."""
+    listed in the panel instead, with their cost and Δ."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,11 +352,11 @@ def plot_deltas(merged: pd.DataFrame, table: str, label: str, path=None):
             ax.errorbar(x, y, yerr=err, fmt="o", capsize=4, color="tab:blue")
         else:
             ax.plot(x, y, "s", color="tab:orange")
-        for xi, yi, name in zip(x, y, rows["Input size"][ok]):
-            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        skipped = list(rows["Input size"][~ok])
+        _label_points(ax, list(x), list(y), list(rows["Input size"][ok]))
+        skipped = [f"{name} ({a:+.3f} {UNITS[cost]}, Δ {d:+.2f})"
+                   for name, a, d in zip(rows["Input size"][~ok], added[~ok], rows[dcol][~ok])]
         if skipped:
-            ax.text(0.02, 0.02, "adds no cost (not on the log axis): " + ", ".join(skipped),
+            ax.text(0.02, 0.02, "no added cost, not on the log axis: " + ", ".join(skipped),
                     transform=ax.transAxes, fontsize=7)
         ax.axhline(0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")

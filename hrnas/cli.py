@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from hrnas import TASKS
+from hrnas import MINIATURE_PRESETS, TASKS
 from hrnas.errors import UserError
 
 TRANSFORMER_CHOICES = ("none", "res", "res+down")
@@ -98,7 +98,7 @@ def _add_data(sub) -> None:
     make = dsub.add_parser("make", help="write a procedural dataset in the real format")
     make.add_argument("dataset", choices=TASKS, metavar="DATASET", help=f"one of {', '.join(TASKS)}")
     make.add_argument("--out", type=Path, required=True, help="output folder")
-    make.add_argument("--preset", choices=("tiny", "smoke"), default="tiny")
+    make.add_argument("--preset", choices=MINIATURE_PRESETS, default="tiny")
     make.add_argument("--seed", type=int, default=0)
 
 

@@ -18,7 +18,7 @@ from importlib import resources
 
 import yaml
 
-from hrnas import TASKS
+from hrnas import PRESETS, TASKS
 from hrnas.engine.optim import DECAY_MODES, OPTIMIZERS
 from hrnas.errors import UserError
 from hrnas.models.anchor_head import NMS_KINDS
@@ -27,7 +27,6 @@ from hrnas.models.transformer import TOKEN_MODES
 
 __all__ = ["PRESETS", "presets_of", "load_config", "parse_override", "flatten", "resolve_rho"]
 
-PRESETS = ("paper", "tiny", "smoke")  # every task's; a task file may declare more
 _EXTENSIBLE = ("data", "model", "loss", "eval")
 
 # Allowed values of the named switches and enumerations (checked for files and overrides); where a module

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hrnas.errors import UserError
+from hrnas import MINIATURE_PRESETS
 from hrnas.io import atomic_write_text
 from hrnas.provenance import git_info, versions
 from hrnas.reproduce.execute import Result, execute, kernel_threads
@@ -20,7 +21,7 @@ from hrnas.reproduce.notebooks import NotebookInfo, plan as make_plan
 from hrnas.reproduce.parameters import check_against, inspect_parameters, papermill_parameters
 from hrnas.viz.tables import markdown_table
 
-PRESETS = ("tiny", "smoke", "paper")
+PRESETS = (*MINIATURE_PRESETS, "paper")  # tiny first: the default batch
 INJECTED_PARAMETERS = ("preset", "out_dir", "figures_dir", "progress")
 DEFAULT_KERNEL = "python3"
 

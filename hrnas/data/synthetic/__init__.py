@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from hrnas import TASKS
+from hrnas import MINIATURE_PRESETS, TASKS
 from hrnas.io import atomic_directory
 from hrnas.errors import UserError
 
 DATASETS = TASKS  # one miniature per benchmark
-PRESETS = ("smoke", "tiny")
+PRESETS = MINIATURE_PRESETS  # the miniature sizes (each generator's own table)
 MARKER = "_SYNTHETIC"
 
 
