@@ -326,7 +326,11 @@ def test_feature_info_records_where_each_block_computes(task):
         got_in, got_out = seen[info.name]
         assert tuple(got_in) == sizes[info.in_branch] and tuple(got_out) == sizes[info.out_branch], info
         assert info.module == info.name.split(".")[0] if info.module != "head" else info.name.startswith("head.")
-    ups = [(i, *map(int, i.name.split(".")[1].split("_"))) for i in net.feature_info
-           if i.module.startswith("fuse") and "new" not in i.name]
-    ups = [(info, dst, src) for info, dst, src in ups if src == dst + 1]
-    assert len(ups) == 1 + 2 + 3 and all(info.in_branch == info.out_branch == src for info, _, src in ups)
+    ups = [info for info in net.feature_info if info.to_branch == info.in_branch - 1]
+    assert len(ups) == 1 + 2 + 3 and all(info.role == "fuse" and info.out_branch == info.in_branch for info in ups)
+    assert all(info.to_branch == info.out_branch for info in net.feature_info if info not in ups)
+    roles = [info.role for info in net.feature_info]
+    # fusions 1→1, 1→2, 2→3, 3→4, 4→4: 1 + 1 + 4 + 7 + 10 paths and 3 new branches (docs/authors-code.md §1.2)
+    assert (roles.count("fuse"), roles.count("new"), roles.count("chain")) == (23, 3, 1 + 4 + 7 + 11 + 11)
+    head = {"imagenet": ["incre"] * 4 + ["down"] * 3, "cityscapes": ["transform"]}[task]
+    assert roles[-len(head):] == head and len(roles) == 26 + 34 + len(head)

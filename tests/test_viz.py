@@ -111,6 +111,23 @@ def test_arch_bad_input(supernet):
         arch.draw_architecture(odd)
 
 
+def test_draw_architecture_classification_head(tmp_path):
+    """The classification head: an incre block per branch, down blocks carrying the running sum to 1/32."""
+    from hrnas.models import build_model, spec_of
+
+    spec = spec_of(build_model("imagenet", expand_ratio=1))
+    fig = arch.draw_architecture(spec, tmp_path / "imagenet.png")
+    try:
+        _png(str(tmp_path / "imagenet.png"), fig)
+        arrows = [p for p in fig.axes[0].patches if isinstance(p, FancyArrowPatch)]
+        assert len(arrows) == 67  # 26 fusion + 34 parallel + 4 incre + 3 down blocks, no concat links
+        labels = {t.get_text() for t in fig.axes[0].texts}
+        assert {"36", "72", "144", "320"} <= labels  # the head's widths
+    finally:
+        plt.close(fig)
+    assert list(arch.arch_table(spec)["module"].iloc[-7:]) == ["head"] * 7
+
+
 def test_draw_architecture(tmp_path, supernet, searched):
     fig = arch.draw_architecture(supernet, tmp_path / "supernet.png")
     try:

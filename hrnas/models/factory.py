@@ -28,7 +28,7 @@ from hrnas.errors import UserError
 from hrnas.io import atomic_write_json
 from hrnas.models.non_local import NonLocal
 from hrnas.models.heads import ClassificationHead, DenseHead
-from hrnas.models.hrnet import BlockFactory, HRNet
+from hrnas.models.hrnet import BlockFactory, BlockInfo, HRNet
 from hrnas.models.layers import ACTIVATIONS, NormConfig
 from hrnas.models.searching_block import (ATTENTION_TYPES, KERNEL_SIZES, PLACEMENTS, SE_POSITIONS, AttentionConfig,
                                           SEConfig, SearchingBlock)
@@ -275,7 +275,7 @@ def validate_arch(spec, task: str | None, source: str = "arch") -> None:
         bad(f"{len(missing)} blocks of the {spec['task']} super network are missing, e.g. '{missing[0]}'")
 
 
-_SUPERNET_CACHE: dict[tuple, dict] = {}
+_SUPERNET_CACHE: dict[tuple, tuple[dict, tuple[BlockInfo, ...]]] = {}
 
 
 class _SingleChannelPaths(dict):
@@ -285,8 +285,7 @@ class _SingleChannelPaths(dict):
         return {"kernels": [3], "hidden": [1], "tokens": 0}
 
 
-def _supernet_blocks(task: str, model: dict) -> dict:
-    """name → {inp, oup, stride} of the super network of ``task`` with the spec's head options."""
+def _supernet_structure(task: str, model: dict) -> tuple[dict, tuple[BlockInfo, ...]]:
     key = (task, model.get("head_channels"), model.get("num_classes"))
     if key not in _SUPERNET_CACHE:
         try:
@@ -294,9 +293,21 @@ def _supernet_blocks(task: str, model: dict) -> dict:
         except UserError as err:
             raise UserError(f"arch model options: {err}") from None
         net = _build(opts, _SingleChannelPaths())
-        _SUPERNET_CACHE[key] = {name: {"inp": b.inp, "oup": b.oup, "stride": b.stride}
-                                for name, b in net.searching_blocks()}
+        blocks = {name: {"inp": b.inp, "oup": b.oup, "stride": b.stride} for name, b in net.searching_blocks()}
+        _SUPERNET_CACHE[key] = blocks, net.feature_info
     return _SUPERNET_CACHE[key]
+
+
+def _supernet_blocks(task: str, model: dict) -> dict:
+    """name → {inp, oup, stride} of the super network of ``task`` with the spec's head options."""
+    return _supernet_structure(task, model)[0]
+
+
+def block_layout(spec: dict, source: str = "spec") -> tuple[BlockInfo, ...]:
+    """Where each block of the architecture ``spec`` sits (:class:`~hrnas.models.hrnet.BlockInfo`, in
+    construction order): read from the network the builder makes, whose wiring the searched widths do not change."""
+    validate_arch(spec, None, source)
+    return _supernet_structure(spec["task"], spec["model"])[1]
 
 
 ARCHS_PACKAGE = "hrnas.configs.archs"

@@ -26,10 +26,11 @@ class ClassificationHead(nn.Module):
                  dropout: float = 0.2, head_channels: Sequence[int] = CLS_HEAD_CHANNELS,
                  last_channels: int = CLS_LAST_CHANNELS):
         super().__init__()
-        self.incre = nn.ModuleList(make(f"head.incre{i}", c, h, 1, module="head", branches=(i, i))
+        self.incre = nn.ModuleList(make(f"head.incre{i}", c, h, 1, module="head", role="incre",
+                                        branches=(i, i, i))
                                    for i, (c, h) in enumerate(zip(branch_channels, head_channels)))
         self.down = nn.ModuleList(make(f"head.down{i}", head_channels[i], head_channels[i + 1], 2, module="head",
-                                       branches=(i, i + 1))
+                                       role="down", branches=(i, i + 1, i + 1))
                                   for i in range(len(head_channels) - 1))
         self.final = ConvBNAct(head_channels[-1], last_channels, 1, 1, make.norm, make.act)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last_channels, num_classes))
@@ -51,7 +52,8 @@ class DenseHead(nn.Module):
     def __init__(self, make: BlockFactory, branch_channels: Sequence[int], num_classes: int | None = 19,
                  head_channels: int = 90):
         super().__init__()
-        self.transform = make("head.transform", sum(branch_channels), head_channels, 1, module="head", branches=(0, 0))
+        self.transform = make("head.transform", sum(branch_channels), head_channels, 1, module="head",
+                              role="transform", branches=(0, 0, 0))
         self.classifier = nn.Conv2d(head_channels, num_classes, 1) if num_classes else None
         self.out_channels = num_classes or head_channels
 

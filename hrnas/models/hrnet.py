@@ -37,14 +37,24 @@ EXPAND_RATIO = 4
 @dataclass(frozen=True)
 class BlockInfo:
     """Where a searching block sits (as timm's ``feature_info``): its module (``fuse2``, ``parallel3``,
-    ``head``), the branch it reads and the branch at whose resolution it computes (branch ``b`` is at
-    1/2^(b+2) of the input; a fusion up-path computes at the low resolution and is upsampled after). Its
-    widths and stride are the block's own (``inp``, ``oup``, ``stride``)."""
+    ``head``), the branch it reads, the branch at whose resolution it computes and the branch its output
+    joins (branch ``b`` is at 1/2^(b+2) of the input; a fusion up-path computes at the low resolution and
+    is upsampled to the branch above after), and how it is wired (``role``):
+
+    * ``fuse``: a fusion path of the module's input branch ``in_branch`` into ``to_branch``;
+    * ``new``: a new branch, from this fusion's output of the branch above it;
+    * ``chain``: the next block of a parallel module's branch;
+    * ``incre``, ``down``, ``transform``: the classification head widening a branch and carrying the
+      running sum one branch down, and the dense head mapping all branches, upsampled and concatenated.
+
+    Its widths and stride are the block's own (``inp``, ``oup``, ``stride``)."""
 
     name: str
     module: str
     in_branch: int
     out_branch: int
+    to_branch: int
+    role: str
 
 
 @dataclass
@@ -65,9 +75,10 @@ class BlockFactory:
     arch: dict | None = None
     built: list[BlockInfo] = field(default_factory=list)
 
-    def __call__(self, name: str, inp: int, oup: int, stride: int, *, module: str,
-                 branches: tuple[int, int]) -> SearchingBlock:
-        """The block ``name`` of ``module`` reading branch ``branches[0]``, computing at ``branches[1]``."""
+    def __call__(self, name: str, inp: int, oup: int, stride: int, *, module: str, role: str,
+                 branches: tuple[int, int, int]) -> SearchingBlock:
+        """The block ``name`` of ``module``: reads branch ``branches[0]``, computes at ``branches[1]``, its
+        output joins ``branches[2]`` (:class:`BlockInfo`)."""
         if self.arch is not None:
             entry = self.arch[name]
             kernels, hidden, tokens = entry["kernels"], entry["hidden"], entry.get("tokens", 0)
@@ -77,7 +88,7 @@ class BlockFactory:
         block = SearchingBlock(inp, oup, stride, hidden, kernels, self.act, self.norm, self.attention, tokens,
                                self.se, branch=branches[1])
         block.block_name = name
-        self.built.append(BlockInfo(name, module, *branches))
+        self.built.append(BlockInfo(name, module, *branches, role))
         return block
 
 
@@ -93,10 +104,11 @@ class FuseModule(nn.Module):
                 if 0 <= j < self.num_in:
                     stride = 2 if j == i - 1 else 1  # down from branch j to i; up: at j, upsampled after
                     self.paths[f"{i}_{j}"] = make(f"fuse{index}.{i}_{j}", in_channels[j], out_channels[i], stride,
-                                                  module=f"fuse{index}", branches=(j, i if j == i - 1 else j))
+                                                  module=f"fuse{index}", role="fuse",
+                                                  branches=(j, i if j == i - 1 else j, i))
         self.new_branches = nn.ModuleList(
             make(f"fuse{index}.new{b}", out_channels[b - 1], out_channels[b], 2, module=f"fuse{index}",
-                 branches=(b - 1, b))
+                 role="new", branches=(b - 1, b, b))
             for b in range(self.num_in, self.num_out))
         self.act = make_activation(make.act)
 
@@ -127,7 +139,8 @@ class ParallelModule(nn.Module):
     def __init__(self, index: int, blocks: Sequence[int], channels: Sequence[int], make: BlockFactory):
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Sequential(*(make(f"parallel{index}.{b}_{m}", c, c, 1, module=f"parallel{index}", branches=(b, b))
+            nn.Sequential(*(make(f"parallel{index}.{b}_{m}", c, c, 1, module=f"parallel{index}",
+                                 role="chain", branches=(b, b, b))
                             for m in range(n)))
             for b, (n, c) in enumerate(zip(blocks, channels)))
 

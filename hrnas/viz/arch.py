@@ -17,7 +17,6 @@ surviving kernel paths; a hand-edited spec may keep a path with width 0: both re
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, Polygon
 
 from hrnas.errors import UserError
-from hrnas.models.factory import validate_block
+from hrnas.models.factory import block_layout, validate_block
 from hrnas.models.searching_block import KERNEL_SIZES
 from hrnas.viz.plots import save_figure
 
@@ -39,12 +38,6 @@ SHORTCUT_COLOR = "#8c8c8c"
 SUPERNET_COLOR = "#b8b8b8"
 TABLE_COLUMNS = ("name", "module", "inp", "oup", "stride", "c3", "c5", "c7", "hidden", "tokens")
 
-_FUSE = re.compile(r"^fuse(\d+)\.(\d+)_(\d+)$")
-_NEW = re.compile(r"^fuse(\d+)\.new(\d+)$")
-_PAR = re.compile(r"^parallel(\d+)\.(\d+)_(\d+)$")
-_INCRE = re.compile(r"^head\.incre(\d+)$")
-_DOWN = re.compile(r"^head\.down(\d+)$")
-_MODULE = re.compile(r"^([A-Za-z_]+\d*)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,12 +63,6 @@ def _blocks(spec, param: str = "spec") -> list[dict]:
     return out
 
 
-def module_of(name: str) -> str:
-    """``fuse2.1_0`` → ``fuse2``, ``parallel3.2_1`` → ``parallel3``, ``head.down1`` → ``head``."""
-    m = _MODULE.match(name)
-    return m.group(1) if m else name.split(".")[0]
-
-
 def _supernet_lookup(spec_blocks: list[dict], supernet) -> dict[str, dict] | None:
     if supernet is None:
         return None
@@ -96,9 +83,10 @@ def arch_table(spec, supernet=None) -> pd.DataFrame:
     """One row per block: name, module, inp, oup, stride, c3, c5, c7, hidden, tokens (+ kept_% vs ``supernet``)."""
     blocks = _blocks(spec)
     ref = _supernet_lookup(blocks, supernet)
+    module = {info.name: info.module for info in block_layout(spec)}
     rows = []
     for b in blocks:
-        row = {"name": b["name"], "module": module_of(b["name"]), "inp": b["inp"], "oup": b["oup"],
+        row = {"name": b["name"], "module": module[b["name"]], "inp": b["inp"], "oup": b["oup"],
                "stride": b["stride"], "c3": b["paths"][3], "c5": b["paths"][5], "c7": b["paths"][7],
                "hidden": b["hidden"], "tokens": b["tokens"]}
         if ref is not None:
@@ -162,72 +150,47 @@ class _Layout:
         return key
 
 
-def _layout(blocks: list[dict], model: dict) -> _Layout:
+def _layout(blocks: list[dict], spec: dict) -> _Layout:
+    """Nodes and edges of the diagram, from where the network builder puts each block (``BlockInfo``)."""
     by = {b["name"]: b for b in blocks}
-    fuse: dict[int, list] = {}
-    new: dict[int, list] = {}
-    par: dict[int, list] = {}
-    incre, down, transform = {}, {}, None
-    for b in blocks:
-        name = b["name"]
-        if m := _FUSE.match(name):
-            fuse.setdefault(int(m[1]), []).append((int(m[2]), int(m[3]), name))
-        elif m := _NEW.match(name):
-            new.setdefault(int(m[1]), []).append((int(m[2]), name))
-        elif m := _PAR.match(name):
-            par.setdefault(int(m[1]), []).append((int(m[2]), int(m[3]), name))
-        elif m := _INCRE.match(name):
-            incre[int(m[1])] = name
-        elif m := _DOWN.match(name):
-            down[int(m[1])] = name
-        elif name == "head.transform":
-            transform = name
-        else:
-            raise UserError(f"spec: block '{name}' has no place in the HR-NAS layout "
-                            "(expected fuseK.i_j, fuseK.newB, parallelK.b_m or head.* blocks)")
+    modules: dict[str, list] = {}
+    for info in block_layout(spec):
+        modules.setdefault(info.module, []).append(info)
+    head = modules.pop("head", [])
     lay = _Layout()
-    first = by[min(fuse[0])[2]] if 0 in fuse else blocks[0]
-    current = {0: lay.node("stem", 0.0, 0, first["inp"])}
+    first = modules[next(iter(modules))][0]
+    current = {first.in_branch: lay.node("stem", 0.0, first.in_branch, by[first.name]["inp"])}
     lay.modules.append(("stem", -0.35, 0.35, "stem"))
-    x = 0.0
-    for k in sorted(set(fuse) | set(new) | set(par)):
+    x, fusions, parallels = 0.0, 0, 0
+    for module, infos in modules.items():
         m_in = len(current)
-        if k in fuse or k in new:
-            xf = x + 1.0
-            outs = {}
-            for i, j, name in sorted(fuse.get(k, [])):
-                if j not in current:
-                    raise UserError(f"spec: block '{name}' reads branch {j}, which does not exist before fuse{k}")
-                outs[i] = lay.node(f"F{k}.{i}", xf, i, by[name]["oup"])
-                lay.edges.append((name, current[j], outs[i]))
-            for b_idx, name in sorted(new.get(k, [])):
-                src = outs.get(b_idx - 1, current.get(b_idx - 1))
-                if src is None:
-                    raise UserError(f"spec: block '{name}' has no branch {b_idx - 1} to start from")
-                outs[b_idx] = lay.node(f"F{k}.{b_idx}", xf, b_idx, by[name]["oup"])
-                lay.edges.append((name, src, outs[b_idx]))
-            if outs:
-                current = outs
-            lay.modules.append(("fuse", xf - 0.35, xf + 0.35, f"Fusion {k}\nm_in={m_in}, m_out={len(current)}"))
-            x = xf
-        if k in par:
+        if infos[0].role in ("fuse", "new"):
+            xf, outs = x + 1.0, {}
+            for info in infos:  # new branches start from this fusion's output of the branch above
+                src = current[info.in_branch] if info.role == "fuse" else outs[info.in_branch]
+                outs[info.to_branch] = lay.node(f"{module}.{info.to_branch}", xf, info.to_branch,
+                                                by[info.name]["oup"])
+                lay.edges.append((info.name, src, outs[info.to_branch]))
+            current = outs
+            lay.modules.append(("fuse", xf - 0.35, xf + 0.35, f"Fusion {fusions}\nm_in={m_in}, m_out={len(current)}"))
+            fusions, x = fusions + 1, xf
+        else:
             chains: dict[int, list] = {}
-            for b_idx, m_idx, name in sorted(par[k]):
-                chains.setdefault(b_idx, []).append(name)
+            for info in infos:
+                chains.setdefault(info.in_branch, []).append(info.name)
             span = max(len(c) for c in chains.values())
-            for b_idx, names in chains.items():
-                if b_idx not in current:
-                    raise UserError(f"spec: block '{names[0]}' runs on branch {b_idx}, which does not exist")
+            for branch, names in chains.items():
                 step = span / len(names)
                 for m_idx, name in enumerate(names):
-                    dst = lay.node(f"P{k}.{b_idx}.{m_idx}", x + (m_idx + 1) * step, b_idx, by[name]["oup"])
-                    lay.edges.append((name, current[b_idx], dst))
-                    current[b_idx] = dst
+                    dst = lay.node(f"{module}.{branch}.{m_idx}", x + (m_idx + 1) * step, branch, by[name]["oup"])
+                    lay.edges.append((name, current[branch], dst))
+                    current[branch] = dst
             nc = [len(chains.get(b, [])) for b in sorted(current)]
             nw = [lay.nodes[current[b]].channels for b in sorted(current)]
-            lay.modules.append(("parallel", x + 0.3, x + span + 0.3,
-                                f"Parallel {k}\nnc={nc}\nnw={nw}"))
-            x += span
+            lay.modules.append(("parallel", x + 0.3, x + span + 0.3, f"Parallel {parallels}\nnc={nc}\nnw={nw}"))
+            parallels, x = parallels + 1, x + span
+    transform = next((info.name for info in head if info.role == "transform"), None)
+    model = spec.get("model", {})
     if transform is not None:
         b = by[transform]
         cat = lay.node("concat", x + 1.0, 0, b["inp"])
@@ -238,19 +201,13 @@ def _layout(blocks: list[dict], model: dict) -> _Layout:
         lay.modules.append(("head", x + 0.65, x + 2.35, "Head\nupsample + concat,\ntransform"))
         classes = model.get("num_classes") if isinstance(model, dict) else None
         lay.notes.append((out, f"1×1 conv → {classes}" if classes else "BEV features → anchor head"))
-    elif incre or down:
+    elif head:
         nodes = {}
-        for i, name in sorted(incre.items()):
-            if i not in current:
-                raise UserError(f"spec: block '{name}' reads branch {i}, which does not exist")
-            nodes[i] = lay.node(f"H.{i}", x + 1.0 + i, i, by[name]["oup"])
-            lay.edges.append((name, current[i], nodes[i]))
-        for i, name in sorted(down.items()):
-            src = nodes.get(i)
-            if src is None:
-                raise UserError(f"spec: block '{name}' has no head.incre{i} output to start from")
-            nodes[i + 1] = lay.node(f"H.{i + 1}", x + 2.0 + i, i + 1, by[name]["oup"])
-            lay.edges.append((name, src, nodes[i + 1]))
+        for info in head:  # incre i: branch i → head node i; down i: head node i → i + 1 (the running sum)
+            src = current[info.in_branch] if info.role == "incre" else nodes[info.in_branch]
+            nodes[info.to_branch] = lay.node(f"H.{info.to_branch}", x + 1.0 + info.to_branch, info.to_branch,
+                                             by[info.name]["oup"])
+            lay.edges.append((info.name, src, nodes[info.to_branch]))
         last = nodes[max(nodes)]
         lay.modules.append(("head", x + 0.65, lay.nodes[last].x + 0.35, "Head\nincre + down"))
         classes = model.get("num_classes") if isinstance(model, dict) else None
@@ -294,7 +251,7 @@ def draw_architecture(spec, path=None, title: str | None = None, supernet=None, 
     blocks = _blocks(spec)
     ref = _supernet_lookup(blocks, supernet)
     by = {b["name"]: b for b in blocks}
-    lay = _layout(blocks, spec.get("model", {}))
+    lay = _layout(blocks, spec)
     nrows = max(n.row for n in lay.nodes.values()) + 1
     xmax = max(n.x for n in lay.nodes.values())
     max_ch = max(n.channels for n in lay.nodes.values())
@@ -414,5 +371,4 @@ def draw_architecture(spec, path=None, title: str | None = None, supernet=None, 
     return fig
 
 
-__all__ = ["KERNELS", "KERNEL_COLORS", "TABLE_COLUMNS", "arch_table", "arch_summary", "draw_architecture",
-           "module_of"]
+__all__ = ["KERNELS", "KERNEL_COLORS", "TABLE_COLUMNS", "arch_table", "arch_summary", "draw_architecture"]
