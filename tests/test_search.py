@@ -10,6 +10,8 @@ from hrnas.models import build_model, count_params, spec_of
 from hrnas.profile import profile
 from hrnas.search import SearchController
 
+from helpers import randomise_bn
+
 SIZE = (64, 64)
 
 
@@ -18,15 +20,7 @@ def trained_like():
     """A small supernet with non-trivial BN statistics whose outputs stay O(1)."""
     torch.manual_seed(0)
     model = build_model("cityscapes", expand_ratio=1, attention="transformer", tokens=6, proj=2)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.8, 1.2, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-                m.weight.uniform_(0.2, 0.5, generator=g)
-    return model
+    return randomise_bn(model, seed=1, layer_norm=False)
 
 
 def kill(model, seed=2, tokens=False, ema=None):

@@ -15,26 +15,10 @@ from hrnas.search import SearchController, transformer_hrnas_macs, transformer_t
 from hrnas.search.costs import block_geometry
 from hrnas.search.shrink import ShrinkLog, shrink_tokens
 
+from helpers import randomise_bn
+
 SIZE = (32, 32)
 BLOCK = "parallel1.0_0"  # branch 0, 18 -> 18 channels, kernels 3/5/7
-
-
-def randomise_bn(model, seed=1):
-    """Non-trivial BN statistics and BN/LayerNorm affine parameters whose outputs stay O(1) (at
-    initialisation, LN weight 1 and bias 0, a transformer whose output is resized to 1×1 returns a
-    constant: the mean over positions of a LayerNorm'd row is its bias)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.8, 1.2, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-                m.weight.uniform_(0.2, 0.5, generator=g)
-            elif isinstance(m, torch.nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-    return model
 
 
 def net(attention="transformer", **kw):

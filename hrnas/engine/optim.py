@@ -8,14 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hrnas.errors import UserError
+from hrnas.errors import UserError, check_choice, check_keywords
 
 __all__ = [
     "RMSpropTF", "build_optimizer", "build_optimizer_from_config", "optimizer_kwargs", "is_decayed", "l2_penalty",
     "decay_param_groups", "slice_optimizer_state", "drop_optimizer_param",
 ]
 
-OPTIMIZERS = ("rmsprop_tf", "adam", "adamw", "sgd")
 DECAY_MODES = ("l2", "decoupled")
 # keyword arguments each optimizer accepts besides lr / weight_decay
 _EXTRA_KW = {
@@ -24,6 +23,7 @@ _EXTRA_KW = {
     "adamw": ("betas", "eps"),
     "sgd": ("momentum", "nesterov"),
 }
+OPTIMIZERS = tuple(_EXTRA_KW)
 
 
 class RMSpropTF(torch.optim.Optimizer):
@@ -94,8 +94,7 @@ class RMSpropTF(torch.optim.Optimizer):
 
 def optimizer_kwargs(name: str, optim_cfg: dict) -> dict:
     """The keyword arguments of optimizer ``name`` taken from a config's ``optim`` section."""
-    if name not in _EXTRA_KW:
-        raise UserError(f"optim.name={name!r} is not one of {', '.join(OPTIMIZERS)}")
+    check_choice("optim.name", name, OPTIMIZERS)
     kw = {k: optim_cfg[k] for k in _EXTRA_KW[name] if k in optim_cfg}
     if "betas" in kw:
         kw["betas"] = tuple(kw["betas"])
@@ -112,14 +111,9 @@ def build_optimizer(name: str, params_or_groups, lr: float, weight_decay: float,
     becomes ``torch.optim.AdamW`` with ``weight_decay`` on every group that does not set its own
     (use :func:`decay_param_groups` to exempt BN/LayerNorm/bias parameters).
     """
-    if name not in OPTIMIZERS:
-        raise UserError(f"optim.name={name!r} is not one of {', '.join(OPTIMIZERS)}")
-    if decay_mode not in DECAY_MODES:
-        raise UserError(f"optim.decay_mode={decay_mode!r} is not one of {', '.join(DECAY_MODES)}")
-    unknown = sorted(set(kw) - set(_EXTRA_KW[name]))
-    if unknown:
-        raise UserError(f"optimizer {name!r} does not accept {', '.join(unknown)} "
-                        f"(accepted: {', '.join(_EXTRA_KW[name])})")
+    check_choice("optim.name", name, OPTIMIZERS)
+    check_choice("optim.decay_mode", decay_mode, DECAY_MODES)
+    check_keywords(f"optimizer {name!r}", kw, _EXTRA_KW[name])
     if lr <= 0:
         raise UserError(f"optim.lr must be > 0, got {lr}")
     if weight_decay < 0:

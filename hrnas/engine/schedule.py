@@ -11,7 +11,7 @@ import math
 import torch
 from torch.optim import lr_scheduler as lrs
 
-from hrnas.errors import UserError
+from hrnas.errors import UserError, check_choice, check_keywords
 
 __all__ = ["SCHEDULERS", "build_scheduler", "build_scheduler_from_config", "rho_at"]
 
@@ -65,12 +65,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, *, total_steps:
     * ``multistep``: ``MultiStepLR`` with ``milestones`` given in EPOCHS, gamma 0.1.
     * ``cosine``: ``CosineAnnealingLR(T_max=total_steps, eta_min=min_lr)``; ``constant``.
     """
-    if name not in _KW:
-        raise UserError(f"sched.name={name!r} is not one of {', '.join(SCHEDULERS)}")
-    unknown = sorted(set(kw) - set(_KW[name]))
-    if unknown:
-        raise UserError(f"schedule {name!r} does not accept {', '.join(unknown)} "
-                        f"(accepted: {', '.join(_KW[name]) or 'nothing'})")
+    check_choice("sched.name", name, SCHEDULERS)
+    check_keywords(f"schedule {name!r}", kw, _KW[name])
     if int(total_steps) <= 0:
         raise UserError(f"total_steps must be > 0, got {total_steps}")
     if int(steps_per_epoch) <= 0:

@@ -33,7 +33,7 @@ import torch
 
 from hrnas.engine.config import CHOICES
 from hrnas.engine.schedule import rho_at
-from hrnas.errors import UserError
+from hrnas.errors import UserError, check_choice
 from hrnas.profile import profile
 from hrnas.search.costs import block_geometry, hrnas_token_base, transformer_hrnas_macs, transformer_true_macs
 from hrnas.search.probe import ProbeBatch, measure_shrink
@@ -83,10 +83,8 @@ class SearchController:
                 raise UserError(f"{name} must be a finite number >= 0, got {value}")
         self.token_cost = cfg.get("token_cost", "hrnas")
         self.removable_size = cfg.get("removable_size", "cost")
-        for name, value, accepted in (("search.token_cost", self.token_cost, TOKEN_COSTS),
-                                      ("search.removable_size", self.removable_size, REMOVABLE_SIZES)):
-            if value not in accepted:
-                raise UserError(f"{name}={value!r} is not one of {', '.join(accepted)}")
+        check_choice("search.token_cost", self.token_cost, TOKEN_COSTS)
+        check_choice("search.removable_size", self.removable_size, REMOVABLE_SIZES)
         self.free_steps = int(round(float(cfg.get("rho_free_epochs", 0.0)) * steps_per_epoch))
         self.warmup_steps = int(round(float(cfg.get("rho_warmup_epochs", 0.0)) * steps_per_epoch))
         self.shrink_interval = max(1, int(round(float(cfg.get("shrink_every", 1)) * steps_per_epoch)))

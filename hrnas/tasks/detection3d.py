@@ -20,7 +20,7 @@ from hrnas.data.common import image_size
 from hrnas.data.kitti import CLASSES, boxes_to_corners, lidar_boxes_to_camera
 from hrnas.engine.distributed import all_gather_objects, broadcast_object, is_main
 from hrnas.io import atomic_write_json
-from hrnas.errors import UserError
+from hrnas.errors import UserError, check_choice
 from hrnas.metrics import kitti as K
 from hrnas.tasks.base import Task, eval_bar
 
@@ -38,8 +38,7 @@ class Detection3DTask(Task):
         from hrnas.models.pointpillars import PillarConfig
 
         d = self.cfg["data"]
-        if d["pillars"] not in PILLAR_PRESETS:
-            raise UserError(f"data.pillars={d['pillars']!r} is not one of {', '.join(PILLAR_PRESETS)}")
+        check_choice("data.pillars", d["pillars"], PILLAR_PRESETS)
         caps = PILLAR_PRESETS[d["pillars"]]
         try:
             return PillarConfig(tuple(d["point_cloud_range"]), tuple(d["voxel_size"]),
@@ -57,8 +56,7 @@ class Detection3DTask(Task):
     def head_stride(self) -> int:
         """``model.head_stride``: stride of the anchor head on the pillar grid."""
         stride = self.cfg["model"].get("head_stride", HEAD_STRIDE)
-        if stride not in HEAD_STRIDES:
-            raise UserError(f"model.head_stride={stride!r} is not one of {', '.join(map(str, HEAD_STRIDES))}")
+        check_choice("model.head_stride", stride, HEAD_STRIDES)
         return stride
 
     def model_options(self) -> dict:
