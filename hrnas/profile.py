@@ -137,7 +137,7 @@ def profile(model: nn.Module, size: tuple[int, int], convention: str = "true", o
     params_all = sum(v["params"] for v in parts.values())
     was_training = net.training
     if on_meta:
-        net = copy.deepcopy(net).to("meta")
+        net = _meta_copy(net)
     net.eval()
     first = next(net.parameters())
     x = torch.zeros(1, net.stem[0][0].in_channels, *size, device=first.device, dtype=first.dtype)
@@ -145,6 +145,22 @@ def profile(model: nn.Module, size: tuple[int, int], convention: str = "true", o
         return _count(net, x, size, convention, parts, params_all)
     finally:
         net.train(was_training)
+
+
+# normalisations and activations hold no MACs in either convention, and on the meta device their kernels
+# are Python decompositions: most of a meta pass's time
+_SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid,
+                     nn.Hardsigmoid, nn.Hardswish, nn.GELU)
+
+
+def _meta_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` on the meta device with its normalisation layers replaced by identities."""
+    meta = copy.deepcopy(net).to("meta")
+    for parent in list(meta.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _SHAPE_PRESERVING):
+                setattr(parent, name, nn.Identity())
+    return meta
 
 
 _PROFILES: dict[str, Profile] = {}

@@ -92,3 +92,19 @@ def test_profile_cli_released_network(capsys):
     assert main(["profile", "imagenet", "--arch", "hrnas-a-imagenet", "--preset", "paper-retrain", "--json"]) == 0
     fused = json.loads(capsys.readouterr().out)
     assert (fused["params"], fused["macs"], fused["convention"]) == (4_600_234, 259_930_681, "true")
+
+
+@pytest.mark.parametrize("options", [
+    dict(attention="transformer", tokens=8, proj=4),
+    dict(act="swish", se_ratio=0.5, se_on="hidden", se_placement="res+down"),
+    dict(attention="nonlocal", attention_branches=[1], nonlocal_ratio=3.5),
+])
+def test_meta_pass_counts_as_the_real_one(options):
+    """The meta-device copy drops its normalisations and activations (no MACs in either convention): same
+    params, MACs and per-part numbers as a real forward pass, in both conventions."""
+    model = build_model("cityscapes", expand_ratio=1, **options)
+    for convention in ("true", "hrnas"):
+        meta, real = profile(model, (64, 128), convention), profile(model, (64, 128), convention, on_meta=False)
+        assert (meta.params, meta.macs, meta.parts) == (real.params, real.macs, real.parts)
+        assert meta.macs > 0
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the model itself is untouched
