@@ -147,14 +147,14 @@ def profile(model: nn.Module, size: tuple[int, int], convention: str = "true", o
         net.train(was_training)
 
 
-# normalisations and activations hold no MACs in either convention, and on the meta device their kernels
-# are Python decompositions: most of a meta pass's time
+# normalisations and activations hold no MACs in either convention, and on the meta device their kernels are
+# Python decompositions (BN alone: 3.8 s of a 4.8 s meta pass over a searched Cityscapes network at 512x1024)
 _SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid,
                      nn.Hardsigmoid, nn.Hardswish, nn.GELU)
 
 
 def _meta_copy(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` on the meta device with its normalisation layers replaced by identities."""
+    """A copy of ``net`` on the meta device with its normalisation and activation layers replaced by identities."""
     meta = copy.deepcopy(net).to("meta")
     for parent in list(meta.modules()):
         for name, child in list(parent.named_children()):
