@@ -20,7 +20,7 @@ import yaml
 
 from hrnas import PRESETS, TASKS
 from hrnas.engine.optim import DECAY_MODES, OPTIMIZERS
-from hrnas.errors import UserError
+from hrnas.errors import UserError, check_choice
 from hrnas.models.anchor_head import NMS_KINDS
 from hrnas.models.searching_block import ATTENTION_TYPES, FAST_PATHS, PLACEMENTS, SE_POSITIONS
 from hrnas.models.transformer import TOKEN_MODES
@@ -131,9 +131,7 @@ def _check_scalar(key: str, value, expect: type, source: str):
 def _coerce(key: str, value, default, source: str):
     """Check ``value`` against the existing ``default`` of ``key``; return the value to store."""
     if key in CHOICES:
-        if value not in CHOICES[key]:
-            raise UserError(f"{source}: {key}={value!r} is not one of "
-                            f"{', '.join(str(c) for c in CHOICES[key])}")
+        check_choice(f"{source}: {key}", value, CHOICES[key])
         return value
     if default is None:
         expect = _nullable_type(key)
