@@ -215,33 +215,6 @@ def _train_one(job: dict) -> dict:
             "wall_time_s": result.get("wall_time_s")}
 
 
-def forward_seconds(table: str, baseline: dict, recipe: str, repeats: int = 2) -> dict[str, float]:
-    """Seconds of one forward pass of each row's network on a batch of the recipe's training crops (one
-    thread, the fastest of ``repeats``): the rows' relative training cost, by which :func:`train_rows`
-    schedules them longest first."""
-    import torch
-
-    d = load_config(TASK, recipe)["data"]
-    x = torch.randn(int(d["batch_size"]), 3, *(int(v) for v in d["crop_size"]))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        seconds = {}
-        for label, module in rows_of(table).items():
-            model = row_model(baseline, module).eval()
-            with torch.no_grad():
-                model(x)
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    model(x)
-                    times.append(time.perf_counter() - start)
-            seconds[label] = min(times)
-    finally:
-        torch.set_num_threads(threads)
-    return seconds
-
-
 def train_rows(table: str, baseline: dict, *, preset: str = "tiny", data_root=None, out_dir="runs/ablation",
                seeds: int | None = None, seed: int | None = None, jobs: int = 1,
                progress: bool = False) -> pd.DataFrame:
@@ -268,12 +241,9 @@ def train_rows(table: str, baseline: dict, *, preset: str = "tiny", data_root=No
                               "threads": 1 if jobs > 1 else max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))})
     if jobs == 1:
         results = [_train_one(dict(job)) for job in jobs_list]
-    else:  # longest first, so that no worker idles while the last long row trains alone
-        cost = forward_seconds(table, baseline, p["recipe"])
-        order = sorted(range(len(jobs_list)), key=lambda i: -cost[keys[i][0]])
+    else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {i: pool.submit(_train_one, jobs_list[i]) for i in order}
-            results = [futures[i].result() for i in range(len(jobs_list))]
+            results = list(pool.map(_train_one, jobs_list))
     lines = []
     for (label, seed), res in zip(keys, results):
         lines.append({"row": label, "seed": seed,

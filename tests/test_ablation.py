@@ -3,7 +3,6 @@ formulas, the seed statistics on known numbers, Non-local's identity init, the C
 run of both tables."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -182,58 +181,6 @@ def test_smoke_tables_from_the_cli(tmp_path, capsys):
     assert len(runs) == 10 and len(list(out.glob("*/seed*/run.json"))) == 20
     assert (out / "baseline_arch.json").is_file() and (out / "ablation_table2_smoke.png").is_file()
     assert t2.loc["Non-local", "FLOPs"] > t2.loc["SE", "FLOPs"]
-
-
-def test_forward_seconds_rank_the_rows_by_their_cost(baseline):
-    """The scheduling estimate: every row timed, the transformer rows above the Baseline, s = 16 the
-    slowest of Table 1 (d = 256 tokens in 44 blocks; about 3.5x the Baseline's forward)."""
-    seconds = A.forward_seconds("table1", baseline, "smoke")
-    assert list(seconds) == list(A.MODULES["table1"]) and all(v > 0 for v in seconds.values())
-    assert max(seconds, key=seconds.get) == "s=16x16"
-    assert seconds["s=16x16"] > 2 * seconds["Baseline"]
-
-
-def test_parallel_rows_start_longest_first_and_come_back_in_table_order(baseline, monkeypatch, tmp_path):
-    """With --jobs 2 the retrainings are submitted longest first (by forward_seconds) and each result is
-    reported under its own row and seed."""
-    from concurrent.futures import Future
-
-    cost = {"Baseline": 1.0, "s=2x2": 2.0, "s=4x4": 3.0, "s=8x8": 5.0, "s=16x16": 9.0}
-    started = []
-
-    class InlinePool:  # runs each job at submission, in the order submitted
-        def __init__(self, **kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def submit(self, fn, job):
-            future = Future()
-            future.set_result(fn(job))
-            return future
-
-    def fake_train(job):
-        started.append(job["run_dir"])
-        experiment = Path(job["run_dir"]).parent.name
-        proj = int(experiment.split("_s")[1].split("_")[0]) if experiment.startswith("transformer") else 0
-        seed = int(job["run_dir"][-4:])
-        return {"metrics": {"mIoU": proj / 100 + seed / 1e6, "mAcc": 0.0, "aAcc": 0.0},
-                "run_dir": job["run_dir"], "reused": False, "wall_time_s": 1.0}
-
-    monkeypatch.setattr(A, "forward_seconds", lambda table, spec, recipe: cost)
-    monkeypatch.setattr(A, "ProcessPoolExecutor", InlinePool)
-    monkeypatch.setattr(A, "_train_one", fake_train)
-    lines = A.train_rows("table1", baseline, preset="smoke", data_root=tmp_path, out_dir=tmp_path, jobs=2)
-    names = [Path(d).parent.name for d in started]
-    assert names[:2] == ["transformer_n8_s16_encdec_channel"] * 2 and names[-2:] == ["baseline"] * 2
-    assert lines["row"].tolist() == [r for r in A.MODULES["table1"] for _ in range(2)]
-    assert lines["seed"].tolist() == [1995, 1996] * 5
-    expected = [100 * (s / 100 + seed / 1e6) for s in (0, 2, 4, 8, 16) for seed in (1995, 1996)]
-    assert lines["mIoU(%)"].tolist() == pytest.approx(expected)
 
 
 def test_chance_level_from_the_label_frequencies(tmp_path):
