@@ -11,12 +11,17 @@ embedded synthetic street scenes (the paper pipeline upsamples them to the 2048Ã
 ``--variants fast,plain,fast-ckpt`` instead times the tiny step of one trainer in each variant (``plain``:
 the searching blocks' plain computation, one expand tensor sliced per path and stock convolutions,
 ``HRNet.set_fast_paths(False)``; ``fast``: the fast kernel paths; ``-ckpt``: with
-``train.grad_checkpointing``; ``-foreach``: torch's optimizer updating all tensors at once instead of its
-CPU default, tensor by tensor), alternating A B C, C B A, ... over ``--rounds`` on the same batches, and
-prints each variant's median step and its speed-up against the first one. ``fast`` is the tiny step as it
-was before ``train.fast_paths: auto`` chose the plain computation for small inputs.
+``train.grad_checkpointing``), alternating A B C, C B A, ... over ``--rounds`` on the same batches, and
+prints each variant's median step and its speed-up against the first one.
 
     python benchmarks/bench_train.py --variants fast,plain,fast-ckpt --steps 6 --rounds 3 --threads 2
+
+``--against REF`` times the tiny step of this working tree against the code of git commit ``REF`` (checked
+out into a temporary worktree), each in its own process per round, alternating the order, on the same
+generated data and seed; it prints each side's median step, the speed-up, and the loss after the timed
+steps (the same batches from the same initial weights, so the two losses differ by float rounding only).
+
+    python benchmarks/bench_train.py --against 9eb8406 --task cityscapes --steps 8 --rounds 3 --threads 1
 """
 from __future__ import annotations
 
@@ -57,11 +62,11 @@ def train_rate(trainer, steps: int) -> tuple[float, float]:
     return sum(batch_size_of(b) for b in loaded) / elapsed, elapsed / steps
 
 
-VARIANT_FLAGS = ("ckpt", "foreach")
+VARIANT_FLAGS = ("ckpt",)
 
 
 def parse_variant(variant: str) -> tuple[bool, set[str]]:
-    """``plain|fast[-ckpt][-foreach]`` -> (fast paths?, flags)."""
+    """``plain|fast[-ckpt]`` -> (fast paths?, flags)."""
     kind, *flags = variant.split("-")
     if kind not in ("plain", "fast") or not set(flags) <= set(VARIANT_FLAGS) or len(set(flags)) != len(flags):
         raise ValueError(variant)
@@ -85,9 +90,6 @@ def variant_rates(trainer, variants: list[str], steps: int, rounds: int) -> list
         fast, flags = parse_variant(variant)
         net.set_fast_paths(fast)
         net.set_grad_checkpointing("ckpt" in flags)
-        for group in trainer.optimizer.param_groups:
-            if "foreach" in group:
-                group["foreach"] = "foreach" in flags or None
 
     for v in variants:
         use(v)
@@ -138,6 +140,61 @@ def bench(preset: str, steps: int, workers: int, batch: int | None, task: str = 
             "loader_images_per_s": round(load_s, 2), "loader_headroom": round(load_s / images_s, 1)}
 
 
+def step_times(task: str, steps: int, run_dir: str) -> dict:
+    """Seconds of each of ``steps`` train steps of a fresh ``task`` tiny trainer (after one warm-up step on
+    another batch), and the loss of the last one. Run in a child process by :func:`against`."""
+    trainer = make_trainer("tiny", 0, None, task, run_dir)
+    trainer._start_epoch(0)
+    it = iter(trainer.train_loader)
+    warm, loaded = next(it), [next(it) for _ in range(steps)]
+    trainer.train_step(warm, 1)
+    times, logs = [], {}
+    for i, batch in enumerate(loaded):
+        start = time.perf_counter()
+        logs = trainer.train_step(batch, i + 2)
+        times.append(time.perf_counter() - start)
+    return {"times": times, "loss": logs["loss"], "task_loss": logs["task_loss"]}
+
+
+def against(ref: str, task: str, steps: int, rounds: int, threads: int) -> list[dict]:
+    """Median tiny step of this tree and of commit ``ref``, each round one child process per side, the
+    order alternating by round."""
+    import os
+    import statistics
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "ref"
+        subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", "--force", str(tree), ref],
+                       check=True, capture_output=True)
+        try:
+            sides = {"this tree": here, f"ref {ref}": tree}
+            results = {name: [] for name in sides}
+            code = ("import json, sys, tempfile, torch; sys.path.append(sys.argv[1]); "
+                    "torch.set_num_threads(int(sys.argv[4])); import hrnas; from bench_train import step_times; "
+                    "print(hrnas.__file__, file=sys.stderr); "
+                    "d = tempfile.mkdtemp(); print(json.dumps(step_times(sys.argv[2], int(sys.argv[3]), d)))")
+            for r in range(rounds):
+                for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                    env = dict(os.environ, PYTHONPATH=str(sides[name]), OMP_NUM_THREADS=str(threads))
+                    out = subprocess.run([sys.executable, "-c", code, str(here / "benchmarks"), task, str(steps),
+                                          str(threads)], env=env, cwd=tmp, check=True, capture_output=True, text=True)
+                    results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        finally:
+            subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    rows = []
+    for name, runs in results.items():
+        times = [t for run in runs for t in run["times"]]
+        rows.append({"code": name, "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+                     "steps": len(times), "loss": runs[0]["loss"], "task_loss": runs[0]["task_loss"]})
+    for row in rows:
+        row["speedup"] = round(rows[1]["median_s"] / row["median_s"], 3)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
@@ -148,13 +205,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--task", default="cityscapes", help="task of the tiny preset (the paper preset: cityscapes)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated plain|fast[-ckpt][-foreach]: time the tiny step in each (see above)")
+                        help="comma-separated plain|fast[-ckpt]: time the tiny step in each (see above)")
+    parser.add_argument("--against", default=None, metavar="REF",
+                        help="time the tiny step of this tree against git commit REF (see above)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --variants (alternating order)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "cpu"}
+    if args.against:
+        if args.steps < 1 or args.rounds < 1:
+            parser.error("--steps and --rounds must be >= 1")
+        rows = against(args.against, args.task, args.steps, args.rounds, args.threads or 1)
+        if args.json:
+            print(json.dumps({"machine": info, "task": args.task, "preset": "tiny", "results": rows}))
+            return
+        print(f"{args.task} tiny step, torch {info['torch']}, {args.threads or 1} thread(s), {args.rounds} rounds of "
+              f"{args.steps} steps, one process per side and round; speed-up against {rows[1]['code']}")
+        print(f"{'code':<22}{'median s':>10}{'min s':>9}{'speed-up':>10}{'loss after':>12}")
+        for r in rows:
+            print(f"{r['code']:<22}{r['median_s']:>10}{r['min_s']:>9}{r['speedup']:>9}x{r['loss']:>12.6f}")
+        return
     if args.variants:
         variants = args.variants.split(",")
         unknown = []
@@ -164,7 +236,7 @@ def main() -> None:
             except ValueError:
                 unknown.append(v)
         if unknown or args.steps < 1 or args.rounds < 1:
-            parser.error(f"--variants: {', '.join(unknown)} is not plain|fast[-ckpt][-foreach]" if unknown else
+            parser.error(f"--variants: {', '.join(unknown)} is not plain|fast[-ckpt]" if unknown else
                          "--steps and --rounds must be >= 1")
         with tempfile.TemporaryDirectory() as run_dir:
             rows = variant_rates(make_trainer("tiny", args.workers, None, args.task, run_dir), variants,

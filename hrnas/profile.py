@@ -1,7 +1,9 @@
 """Parameters and multiply-adds (MACs) of HR-NAS networks, per part, in two conventions.
 
 * ``true``: every convolution, linear layer and attention matmul (QKᵀ and AV). This equals PyTorch's
-  ``torch.utils.flop_counter.FlopCounterMode`` / 2 (tested); we count with forward hooks, which is much
+  ``torch.utils.flop_counter.FlopCounterMode`` / 2 (tested), except that the counter does not see the
+  stride-1 grouped shortcuts, which the CPU computes as sums of products
+  (:class:`~hrnas.models.searching_block.GroupedShortcut`); we count with forward hooks, which is much
   faster. On the CPU, PyTorch's flop counter has no rule for the fused attention kernel
   ``_scaled_dot_product_flash_attention_for_cpu``; importing this module registers the standard one.
 * ``hrnas``: the authors' profiler (``utils/model_profiling.py``; docs/authors-code.md §2.3, §5),

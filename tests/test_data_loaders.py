@@ -113,6 +113,22 @@ def test_cityscapes_train_and_eval_samples(smoke):
     assert np.array_equal(mask.numpy(), trainids)
 
 
+def test_small_splits_are_decoded_once(smoke, monkeypatch):
+    """A small split keeps its decoded images and labels (read-only) after the first read and gives the same
+    samples; a split over DECODE_ONCE_MAX_BYTES reads its files every time."""
+    from hrnas.data import segmentation
+
+    train = build_dataset("cityscapes", smoke["cityscapes"], "train", train=True, size=(64, 128), seed=1)
+    first = train.decoded(0)
+    assert all(a is b for a, b in zip(train.decoded(0), first)) and not first[1].flags.writeable
+    monkeypatch.setattr(segmentation, "DECODE_ONCE_MAX_BYTES", 1000)
+    uncached = build_dataset("cityscapes", smoke["cityscapes"], "train", train=True, size=(64, 128), seed=1)
+    assert uncached.decoded(0)[0] is not uncached.decoded(0)[0]
+    for index in (0, 1):
+        for a, b in zip(train[index], uncached[index]):
+            assert torch.equal(a, b)
+
+
 def test_cityscapes_label_ids_path_matches_train_ids(smoke, tmp_path):
     root = tmp_path / "cs"
     shutil.copytree(smoke["cityscapes"], root)

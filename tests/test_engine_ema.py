@@ -101,3 +101,34 @@ def test_update_of_many_tensors_equals_the_formula_bit_for_bit():
     for k, v in ema.shadow.items():
         assert torch.equal(v, expected[k]), k
     assert int(ema.shadow["1.num_batches_tracked"]) == 3
+
+
+def test_update_follows_edits_of_the_shadow_and_refresh():
+    """update() keeps its tensor lists between calls; a shrink-like edit of the shadow (a slice replacing
+    an entry) is seen at once, and refresh() picks up model tensors replaced by other objects."""
+    net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.BatchNorm1d(2))
+    ema = ModelEMA(net, decay=0.5, warmup_cap=False)
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+    start = ema.shadow["0.weight"].clone()
+    ema.update(net)
+    assert torch.allclose(ema.shadow["0.weight"], 0.5 * start + 1.0)
+    before = ema.shadow["0.weight"].clone()
+    # a shrink keeps the first output row: the parameter's data and the shadow entry are sliced
+    with torch.no_grad():
+        net[0].weight.data = net[0].weight.data[:1].clone()
+        net[0].weight.fill_(4.0)
+    ema.shadow["0.weight"] = before[:1].clone()
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        ema.shadow[f"1.{name}"] = ema.shadow[f"1.{name}"][:1].clone()
+    net[1] = nn.BatchNorm1d(1)
+    ema.refresh()
+    ema.update(net)
+    assert ema.shadow["0.weight"].shape == (1, 3)
+    assert torch.allclose(ema.shadow["0.weight"], 0.5 * before[:1] + 0.5 * 4.0)
+    # a model tensor replaced by another object: refresh() makes update() average the new one
+    net[1].running_mean = torch.full((1,), 8.0)
+    ema.refresh()
+    old = ema.shadow["1.running_mean"].clone()
+    ema.update(net)
+    assert torch.allclose(ema.shadow["1.running_mean"], 0.5 * old + 4.0)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from hrnas.engine.ema import ModelEMA
-from hrnas.engine.optim import (RMSpropTF, build_optimizer, decay_param_groups, drop_optimizer_param,
+from hrnas.engine.optim import (RMSpropTF, add_l2_gradient, build_optimizer, decay_param_groups, decayed_parameters,
+                                drop_optimizer_param, l2_value,
                                 l2_penalty, optimizer_kwargs, slice_optimizer_state)
 from hrnas.errors import UserError
 
@@ -100,6 +101,33 @@ def test_l2_penalty_and_groups_follow_the_mnas_rule():
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
     opt = build_optimizer("adam", [decay, no_decay], 0.1, 0.1, decay_mode="l2")
     assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.0]
+
+
+def test_l2_gradient_equals_the_gradient_of_the_loss_term():
+    """add_l2_gradient gives what backpropagating l2_penalty gives (with and without a task gradient, and to a
+    decayed parameter that the task loss does not reach), and l2_value is the penalty's value."""
+    torch.manual_seed(0)
+    net = _Net()
+    x = torch.randn(3, 1, 4, 4)
+    for with_task in (True, False):
+        ref, fast = _Net(), _Net()
+        ref.load_state_dict(net.state_dict())
+        fast.load_state_dict(net.state_dict())
+        loss_ref = l2_penalty(ref, 0.1)
+        if with_task:
+            loss_ref = loss_ref + ref.conv(x).square().mean()
+            fast.conv(x).square().mean().backward()
+        loss_ref.backward()
+        add_l2_gradient(decayed_parameters(fast), 0.1)
+        for (name, a), b in zip(ref.named_parameters(), fast.parameters()):
+            if a.grad is None:
+                assert b.grad is None, name
+            else:
+                assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-7), name
+    assert fast.classifier.weight.grad is not None  # no task gradient there: the L2 term alone
+    assert l2_value(decayed_parameters(net), 0.1).item() == pytest.approx(l2_penalty(net, 0.1).item(), rel=1e-6)
+    assert [id(p) for p in decayed_parameters(net)] == [id(net.conv.weight), id(net.classifier.weight),
+                                                        id(net.classifier.bias)]
 
 
 def _pruned_net_setup(opt_name):

@@ -1,6 +1,7 @@
 """The fast computation of the searching blocks (per-path expand, strip-wise depthwise weight gradients)
 gives the plain computation's outputs, gradients and BN statistics."""
 import copy
+import math
 
 import pytest
 import torch
@@ -123,15 +124,61 @@ def test_fast_paths_equal_plain_paths_on_a_small_supernet():
 def test_profile_and_the_search_see_the_same_network_in_both_computations():
     """The plain computation calls the depthwise convs through their modules, so the profiler's hooks (and the
     search's MACs accounting built on them) count them: a plain and a fast network profile alike."""
-    from hrnas.models.searching_block import use_fast_paths
     from hrnas.profile import profile
 
     net = build_model("cityscapes", expand_ratio=1)
+    net.set_fast_paths(True)
     fast = profile(net, (64, 128), on_meta=False)
     net.set_fast_paths(False)
     plain = profile(net, (64, 128), on_meta=False)
     assert plain.macs == fast.macs and plain.params == fast.params
-    assert use_fast_paths("auto", (64, 128)) is False and use_fast_paths("auto", (256, 512)) is True
-    assert use_fast_paths(True, (8, 8)) is True and use_fast_paths(False, (512, 1024)) is False
     with pytest.raises(ValueError, match="fast_paths"):
-        use_fast_paths("yes", (64, 128))
+        net.set_fast_paths("yes")
+
+
+def test_auto_takes_the_fast_paths_for_the_blocks_with_many_hidden_activations():
+    """``auto`` decides per block and input: the fast way from FAST_PATHS_MIN_ELEMENTS hidden activations
+    (batch × Σh × H × W) on. In the tiny Cityscapes super network (expand ratio 1, batch 8, 64×128) that is the
+    dense head's block alone (3 × 270 hidden channels at 16×32); at 256×512 every block at 1/4 resolution."""
+    from hrnas.models.searching_block import FAST_PATHS_MIN_ELEMENTS
+
+    net = build_model("cityscapes", expand_ratio=1)
+    assert all(b.fast_paths == "auto" for _, b in net.searching_blocks())
+    used = {}
+    hooks = [b.register_forward_pre_hook(lambda m, args, name=name: used.__setitem__(name, m.uses_fast_paths(args[0])))
+             for name, b in net.searching_blocks()]
+    with torch.no_grad():
+        net(torch.zeros(8, 3, 64, 128))
+    assert [name for name, fast in used.items() if fast] == ["head.transform"]
+    head = dict(net.searching_blocks())["head.transform"]
+    assert 8 * 3 * 270 * 16 * 32 >= FAST_PATHS_MIN_ELEMENTS > 8 * 3 * 24 * 16 * 32  # head vs the widest other block
+    used.clear()
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 256, 512))
+    widths = {name: b.inp for name, b in net.searching_blocks()}
+    at_quarter = {info.name for info in net.feature_info if info.in_branch == 0 and info.out_branch == 0}
+    assert {name for name in at_quarter if used[name]} == at_quarter, widths
+    for h in hooks:
+        h.remove()
+    assert head.uses_fast_paths(torch.zeros(8, 270, 16, 32))
+    net.set_fast_paths(False)
+    assert not head.uses_fast_paths(torch.zeros(8, 270, 16, 32))
+
+
+@pytest.mark.parametrize("inp,oup,stride,layout", [(270, 90, 1, CL), (18, 36, 1, CL), (36, 18, 1, CL), (24, 18, 1, CL),
+                                                   (36, 18, 1, torch.contiguous_format), (18, 36, 2, CL)])
+def test_grouped_shortcut_equals_the_grouped_convolution(inp, oup, stride, layout):
+    """The shortcut's sum of its groups' products gives the grouped 1×1 convolution's output and gradients."""
+    from hrnas.models.searching_block import GroupedShortcut
+
+    torch.manual_seed(inp + oup)
+    shortcut = GroupedShortcut(inp, oup, stride)
+    assert shortcut.groups == math.gcd(inp, oup) and isinstance(shortcut, torch.nn.Conv2d)
+    x = torch.randn(2, inp, 9, 11).contiguous(memory_format=layout).requires_grad_()
+    out = shortcut(x)
+    ref = F.conv2d(x, shortcut.weight, None, stride, 0, 1, shortcut.groups)
+    assert out.shape == ref.shape and _rel(out, ref) < 1e-6
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, shortcut.weight), g)
+    ref_grads = torch.autograd.grad(ref, (x, shortcut.weight), g)
+    assert all(_rel(a, b) < 1e-6 for a, b in zip(grads, ref_grads))

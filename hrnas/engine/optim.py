@@ -12,7 +12,7 @@ from hrnas.errors import UserError, check_choice, check_keywords
 
 __all__ = [
     "RMSpropTF", "build_optimizer", "build_optimizer_from_config", "optimizer_kwargs", "is_decayed", "l2_penalty",
-    "decay_param_groups", "slice_optimizer_state", "drop_optimizer_param",
+    "decayed_parameters", "add_l2_gradient", "l2_value", "decay_param_groups", "slice_optimizer_state", "drop_optimizer_param",
 ]
 
 DECAY_MODES = ("l2", "decoupled")
@@ -129,17 +129,21 @@ def build_optimizer(name: str, params_or_groups, lr: float, weight_decay: float,
         wd = weight_decay
     if name == "rmsprop_tf":
         return RMSpropTF(groups, lr=lr, weight_decay=wd, **kw)
+    # torch's fused kernels update every tensor in one pass (on the CPU their default is a Python loop over
+    # the tensors: Adam over the 2,040 tensors of the tiny Cityscapes super network 49.5 ms a step, fused
+    # 13.4 ms, foreach 35.7 ms; one thread, 2-core AMD EPYC)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, weight_decay=wd, **kw)
+        return torch.optim.SGD(groups, lr=lr, weight_decay=wd, fused=True, **kw)
     if decay_mode == "decoupled":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, **kw)
-    return torch.optim.Adam(groups, lr=lr, weight_decay=0.0, **kw)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, fused=True, **kw)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=0.0, fused=True, **kw)
 
 
 def build_optimizer_from_config(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     """:func:`build_optimizer` from a loaded config's ``optim`` section for ``model``'s trainable
-    parameters. With ``decay_mode: l2`` the caller adds ``l2_penalty(model, optim.weight_decay)``
-    to the loss; with ``decoupled`` the decay applies to the :func:`is_decayed` parameters only."""
+    parameters. With ``decay_mode: l2`` the caller adds the L2 term (``l2_penalty`` to the loss, or its
+    gradient with :func:`add_l2_gradient`); with ``decoupled`` the decay applies to the :func:`is_decayed`
+    parameters only."""
     o = cfg["optim"]
     if o["decay_mode"] == "decoupled":
         params = decay_param_groups(model, o["weight_decay"])
@@ -168,6 +172,31 @@ def l2_penalty(model: nn.Module, weight_decay: float) -> torch.Tensor:
         device = next(iter(model.parameters()), torch.zeros(())).device
         return torch.zeros((), device=device)
     return 0.5 * weight_decay * torch.stack(terms).sum()
+
+
+def decayed_parameters(model: nn.Module) -> list[torch.Tensor]:
+    """The trainable parameters :func:`l2_penalty` covers (the :func:`is_decayed` ones)."""
+    return [p for n, p in model.named_parameters() if p.requires_grad and is_decayed(n, p)]
+
+
+@torch.no_grad()
+def add_l2_gradient(params: list[torch.Tensor], weight_decay: float) -> None:
+    """Add the gradient of the coupled L2 term, ``weight_decay · w``, to the gradient of every parameter in
+    ``params`` (:func:`decayed_parameters`; one without a gradient gets this term alone). The same gradient
+    as :func:`l2_penalty` in the loss, in one operation over all tensors instead of an autograd graph of
+    two operations per tensor each way (36 of the 680 ms of a tiny Cityscapes search step)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    torch._foreach_add_([p.grad for p in params], params, alpha=weight_decay)
+
+
+@torch.no_grad()
+def l2_value(params: list[torch.Tensor], weight_decay: float) -> torch.Tensor:
+    """The value of the coupled L2 term ``0.5 · weight_decay · Σ ||w||²`` over ``params`` (no graph)."""
+    if not params:
+        return torch.zeros(())
+    return 0.5 * weight_decay * torch.stack(torch._foreach_norm(params)).square().sum()
 
 
 def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -45,13 +45,12 @@ from hrnas.engine.ema import ModelEMA
 from hrnas.engine.evaluation import (build_calib_loader, build_val_loader, calibration_seed, evaluate_model,
                                      reseed_augmentation)
 from hrnas.engine.hooks import Hook
-from hrnas.engine.optim import build_optimizer_from_config, l2_penalty
+from hrnas.engine.optim import add_l2_gradient, build_optimizer_from_config, decayed_parameters, l2_value
 from hrnas.engine.runlog import RunLog, StepMeter
 from hrnas.engine.schedule import build_scheduler_from_config
 from hrnas.engine.state import load_optimizer_state_by_name, optimizer_state_by_name
 from hrnas.errors import UserError
 from hrnas.io import atomic_write_json
-from hrnas.models.searching_block import use_fast_paths
 from hrnas.provenance import git_info, versions
 
 __all__ = ["Trainer", "NonFiniteLoss"]
@@ -115,7 +114,7 @@ class Trainer:
         self._to_memory_format()
         self.searchable = task.searchable(self.net)
         self.searchable.set_grad_checkpointing(bool(cfg["train"]["grad_checkpointing"]))
-        self.searchable.set_fast_paths(use_fast_paths(cfg["train"]["fast_paths"], tuple(task.input_size())))
+        self.searchable.set_fast_paths(cfg["train"]["fast_paths"])
         self.optimizer = build_optimizer_from_config(self.net, cfg)
         self.scheduler = build_scheduler_from_config(self.optimizer, cfg, total_steps=self.total_steps,
                                                      steps_per_epoch=self.steps_per_epoch)
@@ -130,6 +129,7 @@ class Trainer:
         self.acc = self._zero_acc()
         self.last_ckpt: Path | None = None
         self._eval_net: nn.Module | None = None
+        self._decayed_params: list[torch.Tensor] | None = None
         D.seed_everything(self.seed, self.rank)  # per-rank dropout / pillar shuffling from here on
         if resume_from is not None:
             self._restore(resume_from)
@@ -257,10 +257,11 @@ class Trainer:
         task_loss = task_loss.float()
         loss = task_loss
         logs = {}
-        if cfg["optim"]["decay_mode"] == "l2" and cfg["optim"]["weight_decay"] > 0:
-            l2 = l2_penalty(self.net, cfg["optim"]["weight_decay"])
+        wd = cfg["optim"]["weight_decay"] if cfg["optim"]["decay_mode"] == "l2" else 0.0
+        if wd > 0:  # the coupled L2 term: its value here, its gradient added after the backward pass
+            l2 = l2_value(self._decayed(), wd)
             loss = loss + l2
-            logs["l2"] = float(l2.detach())
+            logs["l2"] = float(l2)
         for hook in self.hooks:
             term, hook_logs = hook.loss_terms(step - 1)
             if term is not None:
@@ -274,8 +275,11 @@ class Trainer:
                                 f"{where}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if cfg["train"]["grad_clip"] is not None:
+        if self.scaler.is_enabled() and (wd > 0 or cfg["train"]["grad_clip"] is not None):
             self.scaler.unscale_(self.optimizer)
+        if wd > 0:
+            add_l2_gradient(self._decayed(), wd)
+        if cfg["train"]["grad_clip"] is not None:
             logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.net.parameters(), cfg["train"]["grad_clip"]))
         lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
@@ -301,10 +305,19 @@ class Trainer:
                               calib_seed=calibration_seed(self.cfg, self.step), out_dir=self.run_dir if D.is_main() else None,
                               progress=self.progress, copy_model=False)
 
+    def _decayed(self) -> list[torch.Tensor]:
+        """The parameters of the coupled L2 term (kept until the network is edited)."""
+        if self._decayed_params is None:
+            self._decayed_params = decayed_parameters(self.net)
+        return self._decayed_params
+
     def _after_edit(self) -> None:
         """A hook changed the network (a shrink): rebuild the evaluation copy, the layout and DDP."""
         self._eval_net = None
+        self._decayed_params = None
         self._to_memory_format()  # shrinking slices tensors into the default layout
+        if self.ema is not None:
+            self.ema.refresh()
         self._wrap()
 
     def _row(self, step: int, metrics: dict | None, shrink: dict | None) -> dict:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hrnas.models.layers import ConvBNAct, NormConfig, make_activation
-from hrnas.models.searching_block import KERNEL_SIZES, AttentionConfig, SEConfig, SearchingBlock
+from hrnas.models.searching_block import KERNEL_SIZES, AttentionConfig, SEConfig, SearchingBlock, check_fast_paths
 
 # (blocks per branch, channels per branch) of the five parallel modules; a module has one branch per entry.
 STAGES: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = (
@@ -188,13 +188,15 @@ class HRNet(nn.Module):
         for _, block in self.searching_blocks():
             block.grad_checkpointing = enable
 
-    def set_fast_paths(self, enable: bool = True) -> None:
-        """Compute the searching blocks' kernel paths the fast way (default: per-path expand outputs,
-        strip-wise depthwise weight gradients; ``hrnas.models.searching_block.PathExpansion``,
-        ``hrnas.models.depthwise``) or the plain way (one expand tensor sliced per path, stock
-        convolutions). Same parameters, outputs and gradients up to float rounding (tested)."""
+    def set_fast_paths(self, mode: bool | str = "auto") -> None:
+        """Compute the searching blocks' kernel paths the fast way (per-path expand outputs, strip-wise
+        depthwise weight gradients; ``hrnas.models.searching_block.PathExpansion``, ``hrnas.models.depthwise``),
+        the plain way (one expand tensor sliced per path, stock convolutions), or each block the way that is
+        faster for its size (``auto``, the default: ``SearchingBlock.uses_fast_paths``). Same parameters,
+        outputs and gradients up to float rounding (tested)."""
+        check_fast_paths(mode)
         for _, block in self.searching_blocks():
-            block.fast_paths = enable
+            block.fast_paths = mode
 
     def searching_blocks(self) -> Iterator[tuple[str, SearchingBlock]]:
         """(name, block) in the architecture spec's order (construction order)."""

@@ -39,19 +39,20 @@ from hrnas.models.transformer import LightweightTransformer
 KERNEL_SIZES = (3, 5, 7)
 ATTENTION_TYPES = ("none", "transformer", "nonlocal")
 FAST_PATHS = ("auto", True, False)
-# ``auto``: the fast paths from this many input pixels per sample on. Measured on the 2-core EPYC, one
-# invocation each: at 64×128 (the tiny crop; benchmarks/bench_train.py) the plain computation is 1.12–1.17×
-# faster (the per-path kernels add launches on small tensors), at 256×512 (bench_supernet.py, both
-# channels_last) the fast paths are 1.22× faster; the threshold is the geometric middle of the two sizes.
-FAST_PATHS_MIN_PIXELS = 128 * 256
+# ``auto``: a block computes its kernel paths the fast way when they hold at least this many hidden activations
+# (batch × Σh × H × W at the block's input resolution), else the plain way. Forward + backward of single blocks,
+# channels_last, one thread, 2-core AMD EPYC: below it the per-path kernels cost more launches than they save
+# (Σh·H·W·batch 55 K / 110 K / 221 K: plain 1.07× / 1.14× / 1.03× faster), above it the fast paths win
+# (442 K: 1.15–1.21×, 885 K: 1.09×, the tiny dense head's 3.3 M: 1.18×).
+FAST_PATHS_MIN_ELEMENTS = 300_000
 
 
-def use_fast_paths(setting, input_size: tuple[int, int]) -> bool:
-    """Whether a network trained at ``input_size`` (H, W) uses the fast kernel paths under ``setting``
-    (``train.fast_paths``: auto | true | false)."""
-    if setting not in FAST_PATHS:
+def check_fast_paths(setting) -> None:
+    """``train.fast_paths`` is auto, true or false."""
+    if setting not in FAST_PATHS or (not isinstance(setting, bool) and setting != "auto"):
         raise ValueError(f"fast_paths={setting!r}: expected one of auto, true, false")
-    return setting if isinstance(setting, bool) else input_size[0] * input_size[1] >= FAST_PATHS_MIN_PIXELS
+
+
 PLACEMENTS = ("res", "res+down")
 SE_POSITIONS = ("hidden", "output")
 
@@ -164,6 +165,27 @@ class PathProjection(nn.Conv2d):
         return out
 
 
+class GroupedShortcut(nn.Conv2d):
+    """The shortcut of a block that changes width or resolution: a grouped 1×1 conv with groups =
+    gcd(inp, oup) and no bias (the authors' ``residual``). At stride 1 on the CPU each output channel is
+    computed as the sum of its group's few products (1-4 input channels per group in HR-NAS): oneDNN's
+    grouped 1×1 convolution is slow for such groups (the dense head's 270→90, forward + backward, one
+    thread: 13.2 ms at the tiny 64×128 batch of 8 against 4.7 ms, 280 ms at 512×1024 batch 2 against
+    138 ms). Strided shortcuts and other devices use the convolution."""
+
+    def __init__(self, inp: int, oup: int, stride: int):
+        super().__init__(inp, oup, 1, stride, groups=math.gcd(inp, oup), bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] != 1 or x.device.type != "cpu":
+            return super().forward(x)
+        n, c, h, w = x.shape
+        g, out = self.groups, self.out_channels
+        pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, g, 1, c // g)  # a view of a channels_last input
+        y = (pixels * self.weight.view(1, g, out // g, c // g)).sum(-1)
+        return y.reshape(n, h, w, out).permute(0, 3, 1, 2)  # channels_last
+
+
 class SearchingBlock(nn.Module):
     """Multi-kernel inverted residual whose per-kernel widths (and transformer tokens) are searched.
 
@@ -204,10 +226,9 @@ class SearchingBlock(nn.Module):
         # hrnas.search.shrink); a freshly built one starts from 0.
         self.bias = nn.Parameter(torch.zeros(oup)) if not total else None
         self.residual = stride == 1 and inp == oup
-        self.shortcut = (nn.Identity() if self.residual else
-                         nn.Conv2d(inp, oup, 1, stride, groups=math.gcd(inp, oup), bias=False))
+        self.shortcut = nn.Identity() if self.residual else GroupedShortcut(inp, oup, stride)
         self.grad_checkpointing = False  # recompute the kernel paths in backward (HRNet.set_grad_checkpointing)
-        self.fast_paths = True  # per-path expand and strip depthwise gradients (HRNet.set_fast_paths)
+        self.fast_paths = "auto"  # per-path expand and strip depthwise gradients (HRNet.set_fast_paths)
         self.transformer = self.non_local = None
         attention = attention or AttentionConfig(type="none")
         if attention.applies_to(inp, oup, stride, branch):
@@ -226,9 +247,18 @@ class SearchingBlock(nn.Module):
     def tokens(self) -> int:
         return self.transformer.num_tokens if self.transformer is not None else 0
 
+    def uses_fast_paths(self, x: torch.Tensor) -> bool:
+        """Whether the kernel paths of input ``x`` are computed the fast way (``fast_paths``: True, False, or
+        ``auto``: from :data:`FAST_PATHS_MIN_ELEMENTS` hidden activations on)."""
+        if not isinstance(self.expand_bn, PathBatchNorm):  # (SyncBatchNorm replaces it)
+            return False
+        if self.fast_paths == "auto":
+            return x.numel() // self.inp * sum(self.hidden) >= FAST_PATHS_MIN_ELEMENTS
+        return bool(self.fast_paths)
+
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel paths: fused expand, per-kernel depthwise, fused projection (and SE)."""
-        if self.fast_paths and isinstance(self.expand_bn, PathBatchNorm):  # (SyncBatchNorm replaces it)
+        if self.uses_fast_paths(x):
             hidden = self.expand_bn(self.expand(x, self.hidden))
             paths = [self.act(bn(dw(self.act(h)))) for h, dw, bn in zip(hidden, self.dw, self.dw_bn)]
         else:  # the plain computation: one expand tensor, channel slices of it, stock convolutions

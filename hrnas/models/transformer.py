@@ -131,6 +131,8 @@ class LightweightTransformer(nn.Module):
         self.decoder = DecoderLayer(dim) if decoder else None
         self.reverse_proj = nn.Conv2d(num_tokens, out_channels, 1, bias=False)
         self.reverse_norm = nn.BatchNorm2d(out_channels)
+        # the position encoding is a constant of s: made once, not in every forward pass
+        self.register_buffer("coords", coordinate_channels(proj_size, torch.empty(0)), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -159,7 +161,7 @@ class LightweightTransformer(nn.Module):
         b, _, h, w = x.shape
         s = self.proj_size
         small = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        small = torch.cat([small, coordinate_channels(s, small).expand(b, -1, -1, -1)], dim=1)
+        small = torch.cat([small, self.coords.to(small.dtype).expand(b, -1, -1, -1)], dim=1)
         maps = self.input_norm(self.input_proj(small))  # B×n×s×s
         tokens = maps.flatten(2)
         if self.token_mode == "spatial":
