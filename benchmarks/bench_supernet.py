@@ -1,19 +1,20 @@
 """Speed and memory of one training step of the Cityscapes super network, variants side by side.
 
 Forward + CE loss + backward, train mode, random input/labels, the logits upsampled to the label size as
-in the authors' loss. A variant is ``<dtype>-<layout>[-plain][-ckpt][-compile]``:
+in the authors' loss. A variant is ``<dtype>-<layout>[-plain|-fast][-ckpt][-compile]``:
 
     dtype     fp32 | bf16 (autocast; CPU only with AMX/AVX512-BF16) | fp16 (autocast + GradScaler, CUDA)
     layout    nchw | cl (channels_last)
     -plain    the plain computation of the searching blocks (one expand tensor sliced per path, stock
               convolutions; ``HRNet.set_fast_paths(False)``). ``fp32-nchw-plain`` is the baseline: the
               authors' computation and layout, at their code's speed on the CPU
+    -fast     the fast paths in every block (``HRNet.set_fast_paths(True)``)
     -ckpt     searching blocks recomputed in backward (``train.grad_checkpointing``)
     -compile  regional ``torch.compile``: each searching block's kernel paths compiled (one code object
               reused by every block); the compile time is printed
 
-Without -plain the blocks use the fast paths (per-path expand outputs, strip-wise depthwise weight
-gradients; ``hrnas.models.depthwise``), the default. Every variant runs in its own process (so peak
+Without either flag each block takes the way that is faster for its size (``train.fast_paths: auto``, the
+default; fast paths = per-path expand outputs, strip-wise depthwise weight gradients, ``hrnas.models.depthwise``). Every variant runs in its own process (so peak
 memory is its own) with a warm-up step; ``--rounds`` repeats the whole list in alternating order
 (A B C, C B A, ...) so that the variants share the machine's load alike, and the median of all timed
 steps is reported with the speed-up against the first variant. ``--profile`` adds one profiled step
@@ -41,13 +42,14 @@ import sys
 import time
 
 DEFAULT_VARIANTS = ("fp32-nchw-plain", "fp32-cl-plain", "fp32-cl", "fp32-cl-ckpt")
-DTYPES, LAYOUTS, FLAGS = ("fp32", "bf16", "fp16"), ("nchw", "cl"), ("plain", "ckpt", "compile")
+DTYPES, LAYOUTS, FLAGS = ("fp32", "bf16", "fp16"), ("nchw", "cl"), ("plain", "fast", "ckpt", "compile")
 
 
 def parse_variant(name: str) -> dict:
-    """``fp32-cl-ckpt`` → {"dtype": "fp32", "layout": "cl", "plain": False, "ckpt": True, "compile": False}."""
+    """``fp32-cl-ckpt`` → {"dtype": "fp32", "layout": "cl", "plain": False, "fast": False, "ckpt": True, ...}."""
     parts = name.split("-")
-    if len(parts) < 2 or parts[0] not in DTYPES or parts[1] not in LAYOUTS or any(f not in FLAGS for f in parts[2:]):
+    if (len(parts) < 2 or parts[0] not in DTYPES or parts[1] not in LAYOUTS or any(f not in FLAGS for f in parts[2:])
+            or {"plain", "fast"} <= set(parts[2:])):
         raise ValueError(f"variant {name!r}: expected <{'|'.join(DTYPES)}>-<{'|'.join(LAYOUTS)}>"
                          + "".join(f"[-{f}]" for f in FLAGS))
     return {"dtype": parts[0], "layout": parts[1], **{f: f in parts[2:] for f in FLAGS}}
@@ -141,7 +143,7 @@ def run_variant(variant: str, size: tuple[int, int], batch: int, steps: int, thr
     torch.manual_seed(0)
     model = build_model("cityscapes").train()
     macs = profile(model, size).macs
-    model.set_fast_paths(not v["plain"])
+    model.set_fast_paths(False if v["plain"] else True if v["fast"] else "auto")
     model.set_grad_checkpointing(v["ckpt"])
     if sync_bn:
         import os

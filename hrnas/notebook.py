@@ -23,10 +23,13 @@ from pathlib import Path
 
 
 from hrnas.errors import UserError
-from hrnas.experiment import data_label, evaluate_checkpoint, export_arch, resolve_data_root, run_experiment
+from hrnas.experiment import (LoadedRun, data_label, evaluate_checkpoint, export_arch, load_run, resolve_data_root,
+                              run_experiment)
+from hrnas.io import atomic_write_json
 from hrnas.samples import (class_iou, class_names, classification_samples, classify, kitti_detections, kitti_frame,
                            pose_predictions, pose_samples, segmentation_predictions, segmentation_samples)
 
+SEARCH_POINTER = "search_run.json"  # in <out_dir>/<notebook>/: the search run the notebook used (its own or reused)
 RESULT_COLUMNS = ["method", "metric", "value", "input_size", "params_M", "macs_G", "split", "confidence",
                   "source", "note"]
 
@@ -44,6 +47,20 @@ def read_jsonl(path) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise UserError(f"{path} line {n}: not JSON ({err})") from None
     return rows
+
+
+def search_of(out_dir, notebook: str, task: str, *, fallback_dir, preset: str = "tiny", seed: int = 1995,
+              progress: bool = True) -> LoadedRun:
+    """The search run that task notebook ``notebook`` used in ``out_dir`` (its own, or the identical earlier run
+    it reused, as its ``search_run.json`` names it), opened without its network; when that notebook has not run,
+    a short search of ``task`` of our own in ``fallback_dir`` (removed first)."""
+    pointer = Path(out_dir) / notebook / SEARCH_POINTER
+    run_dir = Path(json.loads(pointer.read_text())["run_dir"]) if pointer.is_file() else None
+    if run_dir is None or not (run_dir / "arch.json").is_file():
+        run_dir = Path(fallback_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_experiment(task, "search", out=run_dir, preset=preset, overrides=[f"train.seed={seed}"], progress=progress)
+    return load_run(run_dir, network=False)
 
 
 @dataclass
@@ -124,6 +141,8 @@ class TaskRun:
         self.search_result = result
         self.search_dir = self.final_dir = Path(result["run_dir"])
         self.arch_file = export_arch(self.search_dir, self.run_root / "arch.json")
+        atomic_write_json(self.run_root / SEARCH_POINTER, {"run_dir": str(self.search_dir.resolve()),
+                                                           "reused": bool(result.get("reused"))})
         return result
 
     def _require(self, attr: str, step: str):

@@ -62,8 +62,9 @@ def test_bench_supernet_on_cuda_without_cuda_exits_2():
 def test_bench_variant_names_and_profile_split():
     bench = _bench()
     assert bench.parse_variant("fp32-cl-plain-ckpt") == {"dtype": "fp32", "layout": "cl", "plain": True,
-                                                          "ckpt": True, "compile": False}
-    for bad in ("fp32", "fp64-cl", "fp32-nhwc", "fp32-cl-fast"):
+                                                          "fast": False, "ckpt": True, "compile": False}
+    assert bench.parse_variant("fp32-cl-fast")["fast"] and not bench.parse_variant("fp32-cl")["fast"]
+    for bad in ("fp32", "fp64-cl", "fp32-nhwc", "fp32-cl-quick", "fp32-cl-plain-fast"):
         with pytest.raises(ValueError, match="expected <fp32|bf16|fp16>"):
             bench.parse_variant(bad)
     conv1 = torch.nn.Conv2d(4, 8, 1, bias=False)

@@ -233,6 +233,19 @@ def test_taskrun_search_and_evaluation(imagenet_run):
     assert "no retraining" in run.describe_evaluation() and "4 steps" in run.describe_search()
 
 
+def test_search_of_finds_the_run_a_notebook_used_even_when_reused(imagenet_run, tmp_path, monkeypatch):
+    """Notebook 20 opens the search a task notebook used: its own, or (notebook 02 reusing the quick start's)
+    the identical earlier run its search_run.json names, without searching again."""
+    run, _, _ = imagenet_run
+    out = run.out_dir
+    assert nb.search_of(out, run.name, "imagenet", fallback_dir=tmp_path / "no").dir == run.search_dir
+    again = nb.TaskRun.open("02_again", "imagenet", preset="smoke", out_dir=out, figures_dir=tmp_path, progress=False)
+    assert again.search(reuse=[run.search_dir])["reused"] and not (out / "02_again" / "search").exists()
+    monkeypatch.setattr(nb, "run_experiment", lambda *a, **k: pytest.fail("searched again"))
+    assert nb.search_of(out, "02_again", "imagenet", fallback_dir=tmp_path / "no").dir == run.search_dir
+    assert json.loads((out / "02_again" / nb.SEARCH_POINTER).read_text())["reused"] is True
+
+
 def test_calibrated_network_without_metrics_and_a_run_without_its_network(imagenet_run):
     """What notebook 20 uses: the evaluated network without a pass over the val split (the same BN
     re-calibration, so the same weights and predictions), and a run opened without its checkpoint."""
