@@ -110,6 +110,7 @@ def test_profile_cli_released_network(capsys):
 
 @pytest.mark.parametrize("options", [
     dict(attention="transformer", tokens=8, proj=4),
+    dict(attention="transformer", placement="res+down", tokens=4, proj=2, decoder=False, token_mode="spatial"),
     dict(act="swish", se_ratio=0.5, se_on="hidden", se_placement="res+down"),
     dict(attention="nonlocal", attention_branches=[1], nonlocal_ratio=3.5),
 ])
@@ -122,3 +123,4 @@ def test_meta_pass_counts_as_the_real_one(options):
         assert (meta.params, meta.macs, meta.parts) == (real.params, real.macs, real.parts)
         assert meta.macs > 0
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the model itself is untouched
+    assert all(type(m).__name__ == "LightweightTransformer" for m in model.modules() if hasattr(m, "proj_size"))

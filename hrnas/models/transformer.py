@@ -172,8 +172,11 @@ class LightweightTransformer(nn.Module):
         if self.token_mode == "spatial":
             memory = memory.transpose(1, 2)
         out = self.reverse_norm(self.reverse_proj(memory.reshape(b, -1, s, s)))
-        size = ((h + 1) // 2, (w + 1) // 2) if self.downsample else (h, w)  # = a stride-2 conv's output
-        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(out, size=self.output_size(h, w), mode="bilinear", align_corners=False)
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """(H, W) of the output for an h×w input: the same, or a stride-2 conv's output when downsampling."""
+        return ((h + 1) // 2, (w + 1) // 2) if self.downsample else (h, w)
 
     def attention_macs(self, num_tokens: int | None = None) -> int:
         """True MACs of the encoder/decoder layers (linears and the QKᵀ, AV matmuls), convs excluded,
