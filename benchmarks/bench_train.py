@@ -36,21 +36,17 @@ import torch
 
 def loader_rate(trainer, batches: int) -> float:
     """Images/s of the training loader alone (fresh iterator, ``batches`` batches after the first)."""
-    from hrnas.engine.trainer import batch_size_of
-
     trainer._start_epoch(0)
     it = iter(trainer.train_loader)
     next(it)
-    start, images = time.perf_counter(), 0
+    start = time.perf_counter()
     for _ in range(batches):
-        images += batch_size_of(next(it))
-    return images / (time.perf_counter() - start)
+        next(it)
+    return batches * trainer.batch / (time.perf_counter() - start)
 
 
 def train_rate(trainer, steps: int) -> tuple[float, float]:
     """(images/s, seconds per step) of ``trainer.train_step`` over ``steps`` steps after one warm-up step."""
-    from hrnas.engine.trainer import batch_size_of
-
     trainer._start_epoch(0)
     batches = iter(trainer.train_loader)
     trainer.train_step(next(batches), 1)
@@ -59,7 +55,7 @@ def train_rate(trainer, steps: int) -> tuple[float, float]:
     for i, batch in enumerate(loaded):
         trainer.train_step(batch, i + 2)
     elapsed = time.perf_counter() - start
-    return sum(batch_size_of(b) for b in loaded) / elapsed, elapsed / steps
+    return steps * trainer.batch / elapsed, elapsed / steps
 
 
 VARIANT_FLAGS = ("ckpt",)
@@ -78,8 +74,6 @@ def variant_rates(trainer, variants: list[str], steps: int, rounds: int) -> list
     same ``steps`` batches (one warm-up step per variant first). The step index stays 1, so no search
     schedule (penalty ramp, shrink) moves between the variants."""
     import statistics
-
-    from hrnas.engine.trainer import batch_size_of
 
     trainer._start_epoch(0)
     it = iter(trainer.train_loader)
@@ -103,7 +97,7 @@ def variant_rates(trainer, variants: list[str], steps: int, rounds: int) -> list
                 trainer.train_step(batch, 1)
                 times[v].append(time.perf_counter() - start)
     base = statistics.median(times[variants[0]])
-    images = batch_size_of(loaded[0])
+    images = trainer.batch
     return [{"variant": v, "median_s": round(statistics.median(t), 4), "min_s": round(min(t), 4),
              "speedup": round(base / statistics.median(t), 3), "images_per_s": round(images / statistics.median(t), 2),
              "steps": len(t)} for v, t in times.items()]

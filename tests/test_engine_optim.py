@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from hrnas.engine.ema import ModelEMA
-from hrnas.engine.optim import (RMSpropTF, add_l2_gradient, build_optimizer, decay_param_groups, decayed_parameters,
-                                drop_optimizer_param, l2_value,
+from hrnas.engine.optim import (CoupledL2, RMSpropTF, build_optimizer, decay_param_groups, drop_optimizer_param,
                                 l2_penalty, optimizer_kwargs, slice_optimizer_state)
 from hrnas.errors import UserError
 
@@ -104,8 +103,8 @@ def test_l2_penalty_and_groups_follow_the_mnas_rule():
 
 
 def test_l2_gradient_equals_the_gradient_of_the_loss_term():
-    """add_l2_gradient gives what backpropagating l2_penalty gives (with and without a task gradient, and to a
-    decayed parameter that the task loss does not reach), and l2_value is the penalty's value."""
+    """CoupledL2.add_gradient gives what backpropagating l2_penalty gives (with and without a task gradient, and
+    to a decayed parameter that the task loss does not reach), and its value is the penalty's value."""
     torch.manual_seed(0)
     net = _Net()
     x = torch.randn(3, 1, 4, 4)
@@ -118,16 +117,19 @@ def test_l2_gradient_equals_the_gradient_of_the_loss_term():
             loss_ref = loss_ref + ref.conv(x).square().mean()
             fast.conv(x).square().mean().backward()
         loss_ref.backward()
-        add_l2_gradient(decayed_parameters(fast), 0.1)
+        CoupledL2(fast, 0.1).add_gradient()
         for (name, a), b in zip(ref.named_parameters(), fast.parameters()):
             if a.grad is None:
                 assert b.grad is None, name
             else:
                 assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-7), name
     assert fast.classifier.weight.grad is not None  # no task gradient there: the L2 term alone
-    assert l2_value(decayed_parameters(net), 0.1).item() == pytest.approx(l2_penalty(net, 0.1).item(), rel=1e-6)
-    assert [id(p) for p in decayed_parameters(net)] == [id(net.conv.weight), id(net.classifier.weight),
-                                                        id(net.classifier.bias)]
+    l2 = CoupledL2(net, 0.1)
+    assert l2.value().item() == pytest.approx(l2_penalty(net, 0.1).item(), rel=1e-6)
+    assert [id(p) for p in l2.params()] == [id(net.conv.weight), id(net.classifier.weight), id(net.classifier.bias)]
+    net.classifier = nn.Linear(2, 3)  # an edited network: the kept list is rebuilt after refresh()
+    l2.refresh()
+    assert id(net.classifier.weight) in {id(p) for p in l2.params()}
 
 
 def _pruned_net_setup(opt_name):

@@ -12,7 +12,7 @@ from hrnas.errors import UserError, check_choice, check_keywords
 
 __all__ = [
     "RMSpropTF", "build_optimizer", "build_optimizer_from_config", "optimizer_kwargs", "is_decayed", "l2_penalty",
-    "decayed_parameters", "add_l2_gradient", "l2_value", "decay_param_groups", "slice_optimizer_state", "drop_optimizer_param",
+    "CoupledL2", "decay_param_groups", "slice_optimizer_state", "drop_optimizer_param",
 ]
 
 DECAY_MODES = ("l2", "decoupled")
@@ -142,7 +142,7 @@ def build_optimizer(name: str, params_or_groups, lr: float, weight_decay: float,
 def build_optimizer_from_config(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     """:func:`build_optimizer` from a loaded config's ``optim`` section for ``model``'s trainable
     parameters. With ``decay_mode: l2`` the caller adds the L2 term (``l2_penalty`` to the loss, or its
-    gradient with :func:`add_l2_gradient`); with ``decoupled`` the decay applies to the :func:`is_decayed`
+    gradient with :class:`CoupledL2`); with ``decoupled`` the decay applies to the :func:`is_decayed`
     parameters only."""
     o = cfg["optim"]
     if o["decay_mode"] == "decoupled":
@@ -174,29 +174,40 @@ def l2_penalty(model: nn.Module, weight_decay: float) -> torch.Tensor:
     return 0.5 * weight_decay * torch.stack(terms).sum()
 
 
-def decayed_parameters(model: nn.Module) -> list[torch.Tensor]:
-    """The trainable parameters :func:`l2_penalty` covers (the :func:`is_decayed` ones)."""
-    return [p for n, p in model.named_parameters() if p.requires_grad and is_decayed(n, p)]
+class CoupledL2:
+    """The coupled L2 term of ``optim.decay_mode: l2``, ``0.5 · weight_decay · Σ ||w||²`` over the
+    :func:`is_decayed` parameters of ``model``, as the trainer applies it: :meth:`value` for the loss it logs,
+    and :meth:`add_gradient` after the backward pass, which adds ``weight_decay · w`` to every gradient (a
+    parameter without one gets this term alone) — the gradient of :func:`l2_penalty` in the loss, in one
+    operation over all tensors instead of an autograd graph of two operations per tensor each way (36 of the
+    680 ms of a tiny Cityscapes search step). The parameter list is kept until :meth:`refresh` (a shrink)."""
 
+    def __init__(self, model: nn.Module, weight_decay: float):
+        self.model, self.weight_decay = model, float(weight_decay)
+        self._params: list[torch.Tensor] | None = None
 
-@torch.no_grad()
-def add_l2_gradient(params: list[torch.Tensor], weight_decay: float) -> None:
-    """Add the gradient of the coupled L2 term, ``weight_decay · w``, to the gradient of every parameter in
-    ``params`` (:func:`decayed_parameters`; one without a gradient gets this term alone). The same gradient
-    as :func:`l2_penalty` in the loss, in one operation over all tensors instead of an autograd graph of
-    two operations per tensor each way (36 of the 680 ms of a tiny Cityscapes search step)."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    torch._foreach_add_([p.grad for p in params], params, alpha=weight_decay)
+    def params(self) -> list[torch.Tensor]:
+        if self._params is None:
+            self._params = [p for n, p in self.model.named_parameters() if p.requires_grad and is_decayed(n, p)]
+        return self._params
 
+    def refresh(self) -> None:
+        self._params = None
 
-@torch.no_grad()
-def l2_value(params: list[torch.Tensor], weight_decay: float) -> torch.Tensor:
-    """The value of the coupled L2 term ``0.5 · weight_decay · Σ ||w||²`` over ``params`` (no graph)."""
-    if not params:
-        return torch.zeros(())
-    return 0.5 * weight_decay * torch.stack(torch._foreach_norm(params)).square().sum()
+    @torch.no_grad()
+    def value(self) -> torch.Tensor:
+        params = self.params()
+        if not params:
+            return torch.zeros(())
+        return 0.5 * self.weight_decay * torch.stack(torch._foreach_norm(params)).square().sum()
+
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        params = self.params()
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        torch._foreach_add_([p.grad for p in params], params, alpha=self.weight_decay)
 
 
 def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

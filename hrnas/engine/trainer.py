@@ -45,7 +45,7 @@ from hrnas.engine.ema import ModelEMA
 from hrnas.engine.evaluation import (build_calib_loader, build_val_loader, calibration_seed, evaluate_model,
                                      reseed_augmentation)
 from hrnas.engine.hooks import Hook
-from hrnas.engine.optim import add_l2_gradient, build_optimizer_from_config, decayed_parameters, l2_value
+from hrnas.engine.optim import CoupledL2, build_optimizer_from_config
 from hrnas.engine.runlog import RunLog, StepMeter
 from hrnas.engine.schedule import build_scheduler_from_config
 from hrnas.engine.state import load_optimizer_state_by_name, optimizer_state_by_name
@@ -119,6 +119,8 @@ class Trainer:
         self.scheduler = build_scheduler_from_config(self.optimizer, cfg, total_steps=self.total_steps,
                                                      steps_per_epoch=self.steps_per_epoch)
         self.ema = ModelEMA.from_config(self.net, cfg) if cfg["ema"]["enabled"] else None
+        o = cfg["optim"]
+        self.l2 = CoupledL2(self.net, o["weight_decay"]) if o["decay_mode"] == "l2" and o["weight_decay"] > 0 else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         for hook in self.hooks:
             hook.setup(self)
@@ -129,7 +131,6 @@ class Trainer:
         self.acc = self._zero_acc()
         self.last_ckpt: Path | None = None
         self._eval_net: nn.Module | None = None
-        self._decayed_params: list[torch.Tensor] | None = None
         D.seed_everything(self.seed, self.rank)  # per-rank dropout / pillar shuffling from here on
         if resume_from is not None:
             self._restore(resume_from)
@@ -257,9 +258,8 @@ class Trainer:
         task_loss = task_loss.float()
         loss = task_loss
         logs = {}
-        wd = cfg["optim"]["weight_decay"] if cfg["optim"]["decay_mode"] == "l2" else 0.0
-        if wd > 0:  # the coupled L2 term: its value here, its gradient added after the backward pass
-            l2 = l2_value(self._decayed(), wd)
+        if self.l2 is not None:  # the coupled L2 term: its value here, its gradient added after the backward pass
+            l2 = self.l2.value()
             loss = loss + l2
             logs["l2"] = float(l2)
         for hook in self.hooks:
@@ -275,10 +275,10 @@ class Trainer:
                                 f"{where}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.scaler.is_enabled() and (wd > 0 or cfg["train"]["grad_clip"] is not None):
+        if self.scaler.is_enabled() and (self.l2 is not None or cfg["train"]["grad_clip"] is not None):
             self.scaler.unscale_(self.optimizer)
-        if wd > 0:
-            add_l2_gradient(self._decayed(), wd)
+        if self.l2 is not None:
+            self.l2.add_gradient()
         if cfg["train"]["grad_clip"] is not None:
             logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.net.parameters(), cfg["train"]["grad_clip"]))
         lr = self.optimizer.param_groups[0]["lr"]
@@ -305,19 +305,14 @@ class Trainer:
                               calib_seed=calibration_seed(self.cfg, self.step), out_dir=self.run_dir if D.is_main() else None,
                               progress=self.progress, copy_model=False)
 
-    def _decayed(self) -> list[torch.Tensor]:
-        """The parameters of the coupled L2 term (kept until the network is edited)."""
-        if self._decayed_params is None:
-            self._decayed_params = decayed_parameters(self.net)
-        return self._decayed_params
-
     def _after_edit(self) -> None:
-        """A hook changed the network (a shrink): rebuild the evaluation copy, the layout and DDP."""
+        """A hook changed the network (a shrink): rebuild the evaluation copy, the layout, the kept tensor
+        lists and DDP."""
         self._eval_net = None
-        self._decayed_params = None
         self._to_memory_format()  # shrinking slices tensors into the default layout
-        if self.ema is not None:
-            self.ema.refresh()
+        for kept in (self.l2, self.ema):
+            if kept is not None:
+                kept.refresh()
         self._wrap()
 
     def _row(self, step: int, metrics: dict | None, shrink: dict | None) -> dict:
@@ -368,7 +363,7 @@ class Trainer:
                     step = self.step + 1
                     t0 = time.perf_counter()
                     logs = self.train_step(batch, step)  # (it reads the loss: a CUDA device is synchronised)
-                    self.meter.add(time.perf_counter() - t0, batch_size_of(batch))
+                    self.meter.add(time.perf_counter() - t0, self.batch)  # (drop_last: every batch is full)
                     self.step = step
                     self.acc["n"] += 1
                     self.acc["loss"] += logs["loss"]
@@ -452,8 +447,3 @@ class Trainer:
         D.barrier()
         return result
 
-
-def batch_size_of(batch) -> int:
-    """Samples in a training batch: the leading dimension of its first tensor (tuple or dict batches)."""
-    first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values())) if isinstance(batch, dict) else batch
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 0
