@@ -189,6 +189,20 @@ def against(ref: str, task: str, steps: int, rounds: int, threads: int) -> list[
     return rows
 
 
+def report(args, info: dict, rows: list[dict], title: str, label: tuple, last: tuple) -> None:
+    """Print ``rows`` of a tiny-step comparison (or one JSON line with ``--json``): the label column
+    ``(key, width)``, median, min, speed-up, and ``last`` = ``(header, width, format, key)``."""
+    if args.json:
+        print(json.dumps({"machine": info, "task": args.task, "preset": "tiny", "results": rows}))
+        return
+    (key, width), (header, last_width, last_format, last_key) = label, last
+    print(title)
+    print(f"{key:<{width}}{'median s':>10}{'min s':>9}{'speed-up':>10}{header:>{last_width}}")
+    for r in rows:
+        print(f"{r[key]:<{width}}{r['median_s']:>10}{r['min_s']:>9}{r['speedup']:>9}x"
+              f"{r[last_key]:>{last_width}{last_format}}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
@@ -212,14 +226,9 @@ def main() -> None:
         if args.steps < 1 or args.rounds < 1:
             parser.error("--steps and --rounds must be >= 1")
         rows = against(args.against, args.task, args.steps, args.rounds, args.threads or 1)
-        if args.json:
-            print(json.dumps({"machine": info, "task": args.task, "preset": "tiny", "results": rows}))
-            return
-        print(f"{args.task} tiny step, torch {info['torch']}, {args.threads or 1} thread(s), {args.rounds} rounds of "
-              f"{args.steps} steps, one process per side and round; speed-up against {rows[1]['code']}")
-        print(f"{'code':<22}{'median s':>10}{'min s':>9}{'speed-up':>10}{'loss after':>12}")
-        for r in rows:
-            print(f"{r['code']:<22}{r['median_s']:>10}{r['min_s']:>9}{r['speedup']:>9}x{r['loss']:>12.6f}")
+        report(args, info, rows, f"{args.task} tiny step, torch {info['torch']}, {args.threads or 1} thread(s), "
+               f"{args.rounds} rounds of {args.steps} steps, one process per side and round; speed-up against "
+               f"{rows[1]['code']}", ("code", 22), ("loss after", 12, ".6f", "loss"))
         return
     if args.variants:
         variants = args.variants.split(",")
@@ -235,14 +244,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as run_dir:
             rows = variant_rates(make_trainer("tiny", args.workers, None, args.task, run_dir), variants,
                                  args.steps, args.rounds)
-        if args.json:
-            print(json.dumps({"machine": info, "task": args.task, "preset": "tiny", "results": rows}))
-            return
-        print(f"{args.task} tiny, torch {info['torch']}, {info['threads']} threads, {args.rounds} rounds of "
-              f"{args.steps} steps; ratios against {variants[0]}")
-        print(f"{'variant':<12}{'median s':>10}{'min s':>9}{'speed-up':>10}{'img/s':>8}")
-        for r in rows:
-            print(f"{r['variant']:<12}{r['median_s']:>10}{r['min_s']:>9}{r['speedup']:>9}x{r['images_per_s']:>8}")
+        report(args, info, rows, f"{args.task} tiny, torch {info['torch']}, {info['threads']} threads, "
+               f"{args.rounds} rounds of {args.steps} steps; ratios against {variants[0]}",
+               ("variant", 12), ("img/s", 8, "", "images_per_s"))
         return
     rows = []
     for preset in args.presets:
