@@ -313,39 +313,42 @@ def build_table(table: str, costs: pd.DataFrame, scores: pd.DataFrame, label: st
 
 
 def _label_points(ax, x: list, y: list, names: list, gap: float = 0.075) -> None:
-    """Each point's label to its right, the labels stacked by height at least ``gap`` of the y range apart
-    (so none overlap, however close the points); a thin line joins a moved label to its point."""
+    """Each point's label to its right, past the points less than 0.3 decades to its right, the labels
+    stacked by height at least ``gap`` of the y range apart (so none overlap, however close the points);
+    a thin line joins a moved label to its point."""
     lo, hi = ax.get_ylim()
     step, last = (hi - lo) * gap, -math.inf
     for yi, xi, name in sorted(zip(y, x, names)):
-        ly = max(yi, last + step)
+        ly, lx = max(yi, last + step), 1.3 * max(xj for xj in x if xi <= xj < xi * 10 ** 0.3)
         last = ly
-        ax.annotate(name, (xi, yi), xytext=(xi * 1.3, ly), textcoords="data", fontsize=8, va="center",
-                    arrowprops=dict(arrowstyle="-", lw=0.5, color="grey") if ly > yi else None)
-    if math.isfinite(last):
+        ax.annotate(name, (xi, yi), xytext=(lx, ly), textcoords="data", fontsize=8, va="center",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="grey") if (ly, lx) != (yi, 1.3 * xi) else None)
+    if math.isfinite(last):  # room for the highest label, and for the rightmost (~0.4 decades of text)
         ax.set_ylim(lo, max(hi, last + step))
+        ax.set_xlim(right=max(ax.get_xlim()[1], 1.3 * max(x) * 10 ** 0.4))
 
 
 def plot_deltas(merged: pd.DataFrame, table: str, label: str, path=None):
     """Δ mIoU to the Baseline against the cost each row adds (log axis): ours (mean with its 95 %
-    interval) and the paper's side by side. Rows adding no cost (≤ 0) cannot sit on a log axis and are
-    listed in the panel instead, with their cost and Δ."""
+    interval) and the paper's side by side; rows of equal cost are drawn side by side. Rows adding no
+    cost (≤ 0) cannot sit on a log axis and are listed in the panel instead, with their cost and Δ."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hrnas.viz.plots import save_figure
+    from hrnas.viz.plots import dodge_log, save_figure
 
     cost = PLOT_COST[table]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
     panels = ((axes[0], "", f"ours ({label})", "Δ mIoU(%)"), (axes[1], "paper ", "paper (supplement)",
                                                                "paper Δ mIoU(%)"))
     for ax, prefix, title, dcol in panels:
+        ax.set_xscale("log")
         rows = merged.iloc[1:]
         added = rows[f"{prefix}{cost}"] - merged[f"{prefix}{cost}"].iloc[0]
         ok = added > 0
-        x, y = added[ok], rows[dcol][ok]
+        x, y = dodge_log(added[ok]), rows[dcol][ok]  # rows of equal cost side by side
         if not prefix:
             lo, hi = rows["Δ mIoU(%) lo"][ok], rows["Δ mIoU(%) hi"][ok]
             err = np.vstack([y - lo, hi - y]) if np.isfinite(lo).all() else None
@@ -359,7 +362,6 @@ def plot_deltas(merged: pd.DataFrame, table: str, label: str, path=None):
             ax.text(0.02, 0.02, "no added cost, not on the log axis: " + ", ".join(skipped),
                     transform=ax.transAxes, fontsize=7)
         ax.axhline(0, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
         ax.set_xlabel(f"{cost} added to the Baseline ({UNITS[cost]})")
         ax.set_ylabel("Δ mIoU to the Baseline (points)")
         ax.set_title(title, fontsize=10)

@@ -398,6 +398,17 @@ def test_metric_vs_cost(tmp_path):
         plots.metric_vs_cost(df, hue="who")
 
 
+def test_dodge_log_spreads_near_ties_only():
+    x = [0.00645632, 0.1, 0.006450688, 0.0031, 0.0064]
+    out = plots.dodge_log(x, width=0.05)
+    # 0.0064, 0.006450688, 0.00645632 lie within 0.05 decades of each other: -0.05, 0, +0.05 decades, in order
+    moved = np.log10(out) - np.log10(x)
+    assert np.allclose(moved[[4, 2, 0]], [-0.05, 0.0, 0.05])
+    assert out[1] == 0.1 and out[3] == 0.0031  # far from the others: unchanged
+    assert np.allclose(plots.dodge_log([2.0, 2.0]), [2.0 * 10 ** -0.025, 2.0 * 10 ** 0.025])
+    assert plots.dodge_log([]).size == 0
+
+
 def test_training_curves(tmp_path):
     history = [{"step": 10 * i, "epoch": i / 2, "train_loss": 2 / (1 + i), "macs": 2e9 - i * 5e7,
                 **({"val_mIoU": 30.0 + i} if i % 2 else {})} for i in range(12)]

@@ -7,6 +7,7 @@
   same label in different hue groups (e.g. "ours" and "paper") are joined by a dotted line.
 - `training_curves(history, keys)`: one panel per key against the epoch (the trainer's `history.jsonl`
   rows), plus a MACs panel when the rows carry `macs` (searches).
+- `dodge_log(x)`: positions for points on a log x axis, near-equal values spread side by side.
 - `search_curves(steps, epochs, metric)`: a search as four panels against the step: the task loss, the
   resource-aware L1 penalty (which dwarfs the task loss, so the two never share an axis), the MACs of
   the live network and the validation metric, with the shrinking steps marked.
@@ -37,6 +38,28 @@ def save_figure(fig, path, dpi: int = DPI) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     return path
+
+
+def dodge_log(x, width: float = 0.05) -> np.ndarray:
+    """Positions for positive values on a log axis, values that would overlap drawn side by side: a run of
+    values (in ascending order) each less than ``width`` decades above the previous one is spread ``width``
+    decades apart, in their order, around their own values (two: ×10^∓width/2); other values stay."""
+    x = np.asarray(x, dtype=float)
+    out = x.copy()
+    order = np.argsort(x, kind="stable")
+    logs = np.log10(x[order])
+    groups, current = [], [order[0]] if len(order) else []
+    for i, gap in zip(order[1:], np.diff(logs)):
+        if gap < width:
+            current.append(i)
+        else:
+            groups.append(current)
+            current = [i]
+    groups.append(current)
+    for group in groups:
+        for rank, i in enumerate(group):
+            out[i] = x[i] * 10 ** (width * (rank - (len(group) - 1) / 2))
+    return out
 
 
 def _require_column(df: pd.DataFrame, column, param: str, optional: bool = False) -> None:
