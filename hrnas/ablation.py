@@ -322,7 +322,7 @@ def _label_points(ax, x: list, y: list, names: list, gap: float = 0.075) -> None
         ly, lx = max(yi, last + step), 1.3 * max(xj for xj in x if xi <= xj < xi * 10 ** 0.3)
         last = ly
         ax.annotate(name, (xi, yi), xytext=(lx, ly), textcoords="data", fontsize=8, va="center",
-                    arrowprops=dict(arrowstyle="-", lw=0.5, color="grey") if (ly, lx) != (yi, 1.3 * xi) else None)
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="grey") if ly > yi or lx > 1.3 * xi else None)
     if math.isfinite(last):  # room for the highest label, and for the rightmost (~0.4 decades of text)
         ax.set_ylim(lo, max(hi, last + step))
         ax.set_xlim(right=max(ax.get_xlim()[1], 1.3 * max(x) * 10 ** 0.4))

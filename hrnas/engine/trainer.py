@@ -275,7 +275,7 @@ class Trainer:
                                 f"{where}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.scaler.is_enabled() and (self.l2 is not None or cfg["train"]["grad_clip"] is not None):
+        if self.l2 is not None or cfg["train"]["grad_clip"] is not None:  # (a no-op when the scaler is off)
             self.scaler.unscale_(self.optimizer)
         if self.l2 is not None:
             self.l2.add_gradient()
