@@ -23,10 +23,10 @@ per preset are in
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -51,6 +51,10 @@ METRICS = (("mIoU", "mIoU"), ("mACC", "mAcc"), ("aACC", "aAcc"))  # (paper's col
 UNITS = {"Params": "M", "FLOPs": "G"}
 PLOT_COST = {"table1": "Params", "table2": "FLOPs"}  # the cost each table's rows mainly differ in
 CONFIDENCE = 0.95
+# Torch threads of every run (the search and each retraining): CPU kernels split their sums by thread (a
+# two-thread search found another baseline), so with one thread whatever --jobs and the cores are,
+# `hrnas ablation` prints the tables of notebooks 10/11 (one-thread kernels in `make reproduce`).
+THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -198,29 +202,43 @@ def baseline_arch(preset: str = "tiny", data_root=None, out_dir="runs/ablation",
     root = resolve_data_root(TASK, p["recipe"], data_root)
     run_dir = Path(out_dir) / "baseline_search"
     overrides = [f"train.seed={p['seed'] if seed is None else seed}", "search.export=final", *p["search"]]
-    _experiment("search", run_dir, p["recipe"], root, overrides, progress=progress)
+    with one_thread():
+        _experiment("search", run_dir, p["recipe"], root, overrides, progress=progress)
     spec = check_baseline(json.loads((run_dir / "arch.json").read_text()), str(run_dir / "arch.json"))
     save_arch(spec, Path(out_dir) / "baseline_arch.json")
     return spec
 
 
-def _train_one(job: dict) -> dict:
-    """Worker: retrain one (row, seed); one intra-op thread per worker."""
+@contextlib.contextmanager
+def one_thread():
+    """Torch's intra-op threads set to :data:`THREADS` for the enclosed runs, restored afterwards."""
     import torch
 
-    torch.set_num_threads(int(job.pop("threads")))
-    result = _experiment("train", Path(job["run_dir"]), job["recipe"], Path(job["root"]), job["overrides"],
-                         arch=job["arch"], progress=job["progress"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        yield
+    finally:  # the caller's setting back (a notebook's kernel, the CLI's process)
+        torch.set_num_threads(before)
+
+
+def _train_one(job: dict) -> dict:
+    """Retrain one (row, seed), in a worker of the pool or in the calling process."""
+    with one_thread():
+        result = _experiment("train", Path(job["run_dir"]), job["recipe"], Path(job["root"]), job["overrides"],
+                             arch=job["arch"], progress=job["progress"])
     return {"metrics": result["metrics"], "run_dir": result["run_dir"], "reused": bool(result.get("reused")),
             "wall_time_s": result.get("wall_time_s")}
 
 
 def train_rows(table: str, baseline: dict, *, preset: str = "tiny", data_root=None, out_dir="runs/ablation",
                seeds: int | None = None, seed: int | None = None, jobs: int = 1,
-               progress: bool = False) -> pd.DataFrame:
-    """Retrain every row of ``table`` for every seed (``seed``, ``seed + 1``, ...; default: the preset's first) (``<out_dir>/<experiment>/seed<k>``); a finished
-    identical run is reused (Table 2 reuses Table 1's Baseline and s=8×8). Returns one line per
-    (row, seed): mIoU/mACC/aACC in %, the run folder and whether it was reused."""
+               progress: bool = False, costs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Retrain every row of ``table`` for every seed (``seed``, ``seed + 1``, ...; default: the preset's
+    first) in ``<out_dir>/<experiment>/seed<k>``; a finished identical run is reused (Table 2 reuses Table
+    1's Baseline and s=8×8). ``jobs`` > 1: the runs start largest first (:func:`longest_first` of the rows'
+    ``costs["Params"]``, :func:`row_costs`), which changes no result (one seed and one thread each).
+    Returns one line per (row, seed): mIoU/mACC/aACC in %, the run folder and whether it was reused."""
     from hrnas.experiment import resolve_data_root
 
     p = ablation_preset(preset)
@@ -237,19 +255,28 @@ def train_rows(table: str, baseline: dict, *, preset: str = "tiny", data_root=No
             keys.append((label, seed_k))
             jobs_list.append({"run_dir": str(Path(out_dir) / module.key / f"seed{seed_k}"), "recipe": p["recipe"],
                               "root": str(root), "arch": row_arch(baseline, module), "progress": progress,
-                              "overrides": [f"train.seed={seed_k}", *p["train"], *row_overrides(module)],
-                              "threads": 1 if jobs > 1 else max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))})
+                              "overrides": [f"train.seed={seed_k}", *p["train"], *row_overrides(module)]})
     if jobs == 1:
-        results = [_train_one(dict(job)) for job in jobs_list]
+        results = [_train_one(job) for job in jobs_list]
     else:
+        params = (row_costs(table, baseline) if costs is None else costs)["Params"]
+        order = longest_first([params[label] for label, _ in keys])
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_train_one, jobs_list))
+            done = dict(zip(order, pool.map(_train_one, [jobs_list[i] for i in order])))
+        results = [done[i] for i in range(len(jobs_list))]
     lines = []
     for (label, seed), res in zip(keys, results):
         lines.append({"row": label, "seed": seed,
                       **{f"{name}(%)": 100 * res["metrics"][key] for name, key in METRICS},
                       "run_dir": res["run_dir"], "reused": res["reused"], "wall_time_s": res["wall_time_s"]})
     return pd.DataFrame(lines)
+
+
+def longest_first(weights) -> list[int]:
+    """Indices of ``weights`` by decreasing weight, ties kept in order (longest processing time first: a pool
+    taking the next job when free then ends near its mean load). A row weighs its parameters (tiny, one
+    thread: s = 16's 13.3 M take 78-90 s, the Baseline's 1.7 M 20-40 s, the others 23-55 s)."""
+    return sorted(range(len(weights)), key=lambda i: -weights[i])
 
 
 # ---- statistics ---------------------------------------------------------------------------------
@@ -312,22 +339,6 @@ def build_table(table: str, costs: pd.DataFrame, scores: pd.DataFrame, label: st
     return merged, caption
 
 
-def _label_points(ax, x: list, y: list, names: list, gap: float = 0.075) -> None:
-    """Each point's label to its right, past the points less than 0.3 decades to its right, the labels
-    stacked by height at least ``gap`` of the y range apart (so none overlap, however close the points);
-    a thin line joins a moved label to its point."""
-    lo, hi = ax.get_ylim()
-    step, last = (hi - lo) * gap, -math.inf
-    for yi, xi, name in sorted(zip(y, x, names)):
-        ly, lx = max(yi, last + step), 1.3 * max(xj for xj in x if xi <= xj < xi * 10 ** 0.3)
-        last = ly
-        ax.annotate(name, (xi, yi), xytext=(lx, ly), textcoords="data", fontsize=8, va="center",
-                    arrowprops=dict(arrowstyle="-", lw=0.5, color="grey") if ly > yi or lx > 1.3 * xi else None)
-    if math.isfinite(last):  # room for the highest label, and for the rightmost (~0.4 decades of text)
-        ax.set_ylim(lo, max(hi, last + step))
-        ax.set_xlim(right=max(ax.get_xlim()[1], 1.3 * max(x) * 10 ** 0.4))
-
-
 def plot_deltas(merged: pd.DataFrame, table: str, label: str, path=None):
     """Δ mIoU to the Baseline against the cost each row adds (log axis): ours (mean with its 95 %
     interval) and the paper's side by side; rows of equal cost are drawn side by side. Rows adding no
@@ -337,7 +348,7 @@ def plot_deltas(merged: pd.DataFrame, table: str, label: str, path=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hrnas.viz.plots import dodge_log, save_figure
+    from hrnas.viz.plots import dodge_log, label_points, save_figure
 
     cost = PLOT_COST[table]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
@@ -355,7 +366,7 @@ def plot_deltas(merged: pd.DataFrame, table: str, label: str, path=None):
             ax.errorbar(x, y, yerr=err, fmt="o", capsize=4, color="tab:blue")
         else:
             ax.plot(x, y, "s", color="tab:orange")
-        _label_points(ax, list(x), list(y), list(rows["Input size"][ok]))
+        label_points(ax, list(x), list(y), list(rows["Input size"][ok]))
         skipped = [f"{name} ({a:+.3f} {UNITS[cost]}, Δ {d:+.2f})"
                    for name, a, d in zip(rows["Input size"][~ok], added[~ok], rows[dcol][~ok])]
         if skipped:
@@ -400,9 +411,9 @@ def run_table(table: str, *, preset: str = "tiny", data_root=None, seeds: int | 
     start = time.perf_counter()
     if spec is None:
         spec = baseline_arch(preset, root, out_dir, progress=progress, seed=seed)
-    scores = train_rows(table, spec, preset=preset, data_root=root, out_dir=out_dir, seeds=seeds, seed=seed,
-                        jobs=jobs, progress=progress)
     costs = row_costs(table, spec)
+    scores = train_rows(table, spec, preset=preset, data_root=root, out_dir=out_dir, seeds=seeds, seed=seed,
+                        jobs=jobs, progress=progress, costs=costs)
     synthetic = read_marker(root) is not None
     label = data_label(synthetic, preset)
     merged, caption = build_table(table, costs, scores, label)

@@ -196,7 +196,8 @@ def _add_ablation(sub) -> None:
     p.add_argument("--seeds", type=int, help="retraining seeds per row (default: the preset's)")
     p.add_argument("--arch", type=Path, help="use this searched Cityscapes network (JSON from `hrnas export`, no "
                                              "attention) as the baseline instead of searching one")
-    p.add_argument("--jobs", type=int, default=1, help="retrainings run in parallel, one thread each (default 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="retrainings run in parallel, the largest first (default 1; every run takes one thread)")
     p.add_argument("--out", type=Path, default=Path("runs/ablation"),
                    help="folder of the runs, the table (CSV, Markdown, LaTeX) and the plot (default runs/ablation)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -190,7 +190,8 @@ def test_smoke_tables_from_the_cli(tmp_path, capsys):
     """Both tables at smoke (2 seeds): one baseline search, Table 2 reuses Table 1's shared rows."""
     out = tmp_path / "abl"
     assert hrnas_main(["ablation", "table1", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
-    assert hrnas_main(["ablation", "table2", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    assert hrnas_main(["ablation", "table2", "--preset", "smoke", "--out", str(out), "--no-progress",
+                       "--jobs", "2"]) == 0
     t1 = pd.read_csv(out / "ablation_table1_smoke.csv").set_index("Input size")
     t2 = pd.read_csv(out / "ablation_table2_smoke.csv").set_index("Input size")
     assert (t1["seeds"] == 2).all() and (t2["seeds"] == 2).all()
@@ -206,6 +207,26 @@ def test_smoke_tables_from_the_cli(tmp_path, capsys):
     assert len(runs) == 10 and len(list(out.glob("*/seed*/run.json"))) == 20
     assert (out / "baseline_arch.json").is_file() and (out / "ablation_table2_smoke.png").is_file()
     assert t2.loc["Non-local", "FLOPs"] > t2.loc["SE", "FLOPs"]
+    # --jobs 2 ran Table 2's new rows largest first: each row still reports the runs of its own folder
+    for row, module in A.rows_of("table2").items():
+        runs = [json.loads(p.read_text()) for p in sorted((out / module.key).glob("seed*/run.json"))]
+        assert t2.loc[row, "mIoU(%)"] == pytest.approx(100 * np.mean([r["metrics"]["mIoU"] for r in runs]))
+
+
+def test_runs_take_one_thread_and_give_the_callers_back():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with A.one_thread():
+            assert torch.get_num_threads() == A.THREADS == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_longest_first_orders_by_decreasing_weight_ties_kept():
+    assert A.longest_first([1.685, 13.264, 2.45, 13.264, 1.685]) == [1, 3, 2, 0, 4]
+    assert A.longest_first([]) == []
 
 
 def test_chance_level_from_the_label_frequencies(tmp_path):

@@ -62,6 +62,22 @@ def dodge_log(x, width: float = 0.05) -> np.ndarray:
     return out
 
 
+def label_points(ax, x: list, y: list, names: list, gap: float = 0.075) -> None:
+    """Each point's label to its right, past the points less than 0.3 decades to its right, the labels
+    stacked by height at least ``gap`` of the y range apart (so none overlap, however close the points);
+    a thin line joins a moved label to its point."""
+    lo, hi = ax.get_ylim()
+    step, last = (hi - lo) * gap, -math.inf
+    for yi, xi, name in sorted(zip(y, x, names)):
+        ly, lx = max(yi, last + step), 1.3 * max(xj for xj in x if xi <= xj < xi * 10 ** 0.3)
+        last = ly
+        ax.annotate(name, (xi, yi), xytext=(lx, ly), textcoords="data", fontsize=8, va="center",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="grey") if ly > yi or lx > 1.3 * xi else None)
+    if math.isfinite(last):  # room for the highest label, and for the rightmost (~0.4 decades of text)
+        ax.set_ylim(lo, max(hi, last + step))
+        ax.set_xlim(right=max(ax.get_xlim()[1], 1.3 * max(x) * 10 ** 0.4))
+
+
 def _require_column(df: pd.DataFrame, column, param: str, optional: bool = False) -> None:
     if column is None and optional:
         return
